@@ -1,0 +1,1 @@
+"""Ray orchestration: trainer construction, failure/resume policy, checkpoint hand-off."""

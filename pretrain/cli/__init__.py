@@ -1,0 +1,1 @@
+"""The ``pretrain`` command: a thin layer over functions that work from Python."""

@@ -1,0 +1,149 @@
+"""Typed run configuration: every default lives here; YAML files and ``key=value`` only override."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from augment.config import AugmentConfig
+from objectives.vicreg import VICRegConfig
+from pretrain.data.synth3d import Synth3DConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str | None = Field(
+        None,
+        description="Folder or URL pattern of webdataset shards. None: synthetic 3D objects are "
+        "generated on the spot (settings in data.synth3d) into data.cache_dir.",
+    )
+    synth3d: Synth3DConfig = Field(default_factory=lambda: Synth3DConfig(
+        classes=12, instances_per_class=48, views=2, size=64, shard_size=96))
+    cache_dir: str = Field(".pretrain/data", description="Where generated data sets are kept.")
+    image_size: int = Field(64, ge=8, description="Decoded image side in pixels.")
+    views: int = Field(1, ge=1, description="Stored views decoded per sample (multi-view data).")
+    batch_size: int = Field(64, ge=2, description="Samples per step per worker.")
+    num_workers: int = Field(1, ge=0, description="Loader processes per training worker.")
+    shuffle_buffer: int = Field(512, ge=0, description="Samples in the per-loader shuffle buffer.")
+    max_skip_frac: float = Field(0.01, ge=0.0, le=1.0,
+                                 description="Stop when more than this share of samples is bad.")
+
+
+class EncoderConfig(_Section):
+    model: str = Field("resnet18", description="Any timm model name (built with num_classes=0).")
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="Extra keyword arguments for timm.create_model.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_timm_model(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model {name!r}")
+        return name
+
+
+class ObjectiveConfig(_Section):
+    name: str = Field("vicreg", description="Registered objective name.")
+    vicreg: VICRegConfig = Field(default_factory=VICRegConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from objectives.registry import objective_names
+
+        if name not in objective_names():
+            raise ValueError(f"unknown objective {name!r}; known: {', '.join(objective_names())}")
+        return name
+
+    def settings(self) -> BaseModel:
+        """The config section of the selected objective."""
+        return getattr(self, self.name)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "lars"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (after warmup).")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, description="LARS momentum.")
+    lars_eta: float = Field(0.02, gt=0, description="LARS trust coefficient.")
+    warmup_frac: float = Field(0.1, ge=0, le=1, description="Share of steps with linear warmup.")
+    min_lr_frac: float = Field(0.01, ge=0, le=1, description="Final LR as a share of the peak.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 disables clipping.")
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[0, 1, 2] = 0
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description="Merged into the generated DeepSpeed config.")
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(None, description="Ray address; None starts an embedded local Ray.")
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts; -1 = unlimited.")
+    storage_path: str = Field(".pretrain/runs", description="Checkpoints: local path or s3:// URI.")
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(100, ge=1)
+    keep: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first).")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, "
+                            "else a SQLite store in the working directory.")
+    experiment: str = "invariant-pretrain"
+    log_every_steps: int = Field(10, ge=1)
+    system_metrics: bool = True
+
+
+class RegistryConfig(_Section):
+    enabled: bool = Field(True, description="Register the final encoder in the Model Registry.")
+    name: str = Field("invariant-encoder", min_length=1)
+    alias: str | None = Field(None, description="Extra alias besides 'latest'.")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop at this global step (the LR schedule still spans all epochs); "
+        "re-run the same name without it to continue.")
+
+
+class RunConfig(_Section):
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Run name; re-running the same name resumes it.")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _recipe_matches_objective(self) -> "RunConfig":
+        from objectives.registry import get_spec
+
+        wanted = get_spec(self.objective.name).objective_cls.view_recipe
+        if self.augment.recipe != wanted:
+            # The recipe follows the objective unless the user picked one on purpose.
+            if "recipe" not in self.augment.model_fields_set:
+                self.augment.recipe = wanted
+        return self

@@ -1,0 +1,250 @@
+"""The streaming shard reader: an IterableDataset that serves exactly its epoch plan.
+
+Per loader worker: read the worker's segments in order (webdataset tar primitives, any URL
+webdataset opens), optionally pass the raw samples through a seeded shuffle buffer, skip the
+batches a resumed run already consumed without decoding them, then decode and collate only the
+batches that are served.
+
+Unreadable samples are skipped and counted, and the batch is filled from the worker's next
+samples. A worker's slice holds exactly ``batches * batch_size`` samples, so every skipped
+sample leaves its last batch short; those places are filled by repeating the worker's most
+recently decoded good samples (cycling through up to ``batch_size`` of them), counted as
+``padded``. This keeps ``steps_per_epoch`` identical on every rank whatever the data holds.
+Resume with ``skip_batches`` is exact when the skipped batches held no unreadable sample;
+otherwise the resumed stream starts up to that many samples earlier than the original did.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pretrain.data.decode import BadSample, DecodedSample, collate, decode_sample
+from pretrain.data.errors import DataError
+from pretrain.data.format import ShardBatch
+from pretrain.data.plan import RankPlan, WorkerPlan, plan_epoch
+from pretrain.data.sources import iter_shard, validate_sources
+
+logger = logging.getLogger("pretrain.data")
+
+# Below this many samples one bad sample would already exceed any sensible fraction, so the
+# skip-fraction check waits for this many (or for the end of the worker's range).
+MIN_SEEN_FOR_SKIP_CHECK = 100
+
+
+@dataclass
+class LoaderBatch(ShardBatch):
+    """A ``ShardBatch`` as the loader yields it, with the worker's bookkeeping.
+
+    Attributes:
+        padded: samples this worker repeated since the epoch began to fill batches left short
+            by unreadable samples.
+        worker: the loader worker that produced the batch.
+    """
+
+    padded: int = 0
+    worker: int = 0
+
+    def pin_memory(self) -> "LoaderBatch":
+        """Page-locked copy (torch's pin-memory thread calls this for custom batch types)."""
+        return LoaderBatch(
+            images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+            latents={k: v.pin_memory() for k, v in self.latents.items()},
+            skipped=self.skipped, seen=self.seen, padded=self.padded, worker=self.worker,
+        )
+
+
+def _shuffled(items: Iterator[tuple], size: int, rng: np.random.Generator) -> Iterator[tuple]:
+    """A shuffle buffer of ``size`` items: deterministic given ``rng``."""
+    buffer: list[tuple] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        out, buffer[j] = buffer[j], item
+        yield out
+    order = rng.permutation(len(buffer))
+    for j in order:
+        yield buffer[j]
+
+
+class ShardStream(IterableDataset):
+    """Serves one rank's plan for one epoch; each DataLoader worker serves its own part.
+
+    Iterated outside a DataLoader worker it serves all of the plan's workers in the order the
+    DataLoader would (rank batch ``b`` from worker ``b % num_workers``), so the sequence is the
+    same either way.
+    """
+
+    def __init__(self, plan: RankPlan, *, image_size: int | None, views: int = 1,
+                 shuffle_buffer: int = 0, skip_batches: int = 0, max_skip_frac: float = 0.01) -> None:
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if not 0 <= skip_batches <= plan.steps_per_epoch:
+            raise ValueError(f"skip_batches must be in [0, {plan.steps_per_epoch}], got {skip_batches}")
+        for worker in plan.workers:
+            if any(seg.url is None for seg in worker.segments):
+                raise ValueError("the plan's segments need URLs (pass urls= to plan_epoch)")
+        self.plan = plan
+        self.image_size = image_size
+        self.views = views
+        self.shuffle_buffer = shuffle_buffer
+        self.skip_batches = skip_batches
+        self.max_skip_frac = max_skip_frac
+
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch - self.skip_batches
+
+    def __iter__(self) -> Iterator[LoaderBatch]:
+        info = get_worker_info()
+        if info is not None:
+            if info.num_workers != self.plan.num_workers:
+                raise DataError(f"the loader has {info.num_workers} workers but the epoch was planned "
+                                f"for {self.plan.num_workers}")
+            # The DataLoader asks its worker 0 first, but after skipping k batches the next rank
+            # batch (k) belongs to plan worker k % n: loader worker i therefore plays plan worker
+            # (i + k) % n, which keeps the output order exactly the tail of the full epoch.
+            yield from self.worker_batches((info.id + self.skip_batches) % self.plan.num_workers)
+            return
+        streams = [self.worker_batches(w) for w in range(self.plan.num_workers)]
+        for b in range(self.skip_batches, self.plan.steps_per_epoch):
+            yield next(streams[b % self.plan.num_workers])
+
+    def _raw(self, worker: WorkerPlan) -> Iterator[tuple]:
+        """``(shard_index, offset, raw sample)`` over the worker's segments, in plan order."""
+        for seg in worker.segments:
+            assert seg.url is not None
+            offset = seg.start
+            for sample in iter_shard(seg.url, seg.start, seg.stop):
+                yield seg.shard_index, offset, sample
+                offset += 1
+            if offset < seg.stop:
+                raise DataError(f"shard {seg.url} ended after {offset} samples but its count says "
+                                f"at least {seg.stop} (stale index.json or truncated shard)")
+
+    def worker_batches(self, w: int) -> Iterator[LoaderBatch]:
+        """The batches loader worker ``w`` serves this epoch (after ``skip_batches``)."""
+        plan, worker = self.plan, self.plan.workers[w]
+        size = plan.batch_size
+        skip = worker.batches_before(self.skip_batches)
+        to_serve = worker.batches - skip
+        if to_serve <= 0:
+            return
+        raw = self._raw(worker)
+        if self.shuffle_buffer > 0:
+            rng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, w])
+            raw = _shuffled(raw, self.shuffle_buffer, rng)
+        # Resume: the already-consumed batches are read past without being decoded.
+        next(itertools.islice(raw, skip * size, skip * size), None)
+
+        recent: deque[DecodedSample] = deque(maxlen=size)
+        pending: list[DecodedSample] = []
+        seen = skipped = padded = served = 0
+        bad_urls: dict[str, int] = {}
+
+        def batch() -> LoaderBatch:
+            images, labels, latents = collate(pending)
+            return LoaderBatch(images=images, labels=labels, latents=latents, skipped=skipped,
+                               seen=seen, padded=padded, worker=w)
+
+        for shard_index, offset, sample in raw:
+            seen += 1
+            try:
+                decoded: DecodedSample | None = decode_sample(
+                    sample, image_size=self.image_size, views=self.views,
+                    seed=(plan.seed, plan.epoch, plan.rank, shard_index, offset))
+            except BadSample as exc:
+                decoded = None
+                skipped += 1
+                url = str(sample.get("__url__", ""))
+                if url not in bad_urls:
+                    logger.warning("shard %s: skipping unreadable sample %s (%s); further unreadable "
+                                   "samples of this shard are only counted", url,
+                                   sample.get("__key__"), exc.reason)
+                bad_urls[url] = bad_urls.get(url, 0) + 1
+            if skipped and seen >= MIN_SEEN_FOR_SKIP_CHECK:
+                self._check_skips(skipped, seen, bad_urls, w)
+            if decoded is None:
+                continue
+            pending.append(decoded)
+            recent.append(decoded)
+            if len(pending) == size:
+                yield batch()
+                pending = []
+                served += 1
+                if served == to_serve:
+                    return
+        if skipped:
+            self._check_skips(skipped, seen, bad_urls, w)
+        if not recent:
+            raise DataError(f"no readable sample in the range of loader worker {w} of rank "
+                            f"{plan.rank} (shards: {', '.join(bad_urls) or 'none'})")
+        missing = (to_serve - served) * size - len(pending)
+        logger.warning("rank %d loader worker %d: %d of %d samples unreadable; repeating %d good "
+                       "samples so the epoch keeps its %d steps", plan.rank, w, skipped, seen,
+                       missing, plan.steps_per_epoch)
+        fill = itertools.cycle(list(recent))
+        while served < to_serve:
+            while len(pending) < size:
+                pending.append(next(fill))
+                padded += 1
+            yield batch()
+            pending = []
+            served += 1
+
+    def _check_skips(self, skipped: int, seen: int, bad_urls: dict[str, int], w: int) -> None:
+        """Raise when unreadable samples exceed ``max_skip_frac`` of those read."""
+        if skipped <= self.max_skip_frac * seen:
+            return
+        worst = sorted(bad_urls.items(), key=lambda kv: -kv[1])[:3]
+        shards = ", ".join(f"{url} ({n})" for url, n in worst)
+        raise DataError(f"too many unreadable samples: {skipped}/{seen} = {skipped / seen:.1%} > "
+                        f"max_skip_frac {self.max_skip_frac:.1%} (loader worker {w}, rank "
+                        f"{self.plan.rank}); shards: {shards}")
+
+
+def _as_is(batch: LoaderBatch) -> LoaderBatch:
+    """Batches are collated in the worker already."""
+    return batch
+
+
+def make_loader(urls: Sequence[str], counts: Sequence[int], *, world_size: int, rank: int,
+                batch_size: int, num_workers: int, image_size: int | None, views: int = 1,
+                seed: int, epoch: int, skip_batches: int = 0, shuffle_buffer: int = 1000,
+                max_skip_frac: float = 0.01, prefetch_factor: int = 2) -> tuple[DataLoader, RankPlan]:
+    """A DataLoader serving this rank's batches of one epoch, and the plan behind it.
+
+    Every rank gets ``plan.steps_per_epoch`` batches of exactly ``batch_size`` samples
+    (``LoaderBatch``, uint8 images ``B x V x 3 x H x W``); ``skip_batches`` drops the first
+    batches of the rank (resume). The raw shuffle buffer holds ``shuffle_buffer`` undecoded
+    samples per worker (memory: that many samples' bytes).
+
+    Raises:
+        DataError: empty or missing shards, or too few samples for one batch per rank.
+    """
+    validate_sources(urls)
+    if len(urls) != len(counts):
+        raise ValueError(f"{len(urls)} shard URLs but {len(counts)} counts")
+    plan = plan_epoch(counts, world_size=world_size, rank=rank, num_workers=num_workers,
+                      batch_size=batch_size, seed=seed, epoch=epoch, urls=urls)
+    if plan.steps_per_epoch == 0:
+        raise DataError(f"{sum(counts)} samples in {urls[0]} and {len(urls) - 1} other shard(s) are "
+                        f"too few for one batch of {batch_size} on each of {world_size} rank(s)")
+    dataset = ShardStream(plan, image_size=image_size, views=views, shuffle_buffer=shuffle_buffer,
+                          skip_batches=skip_batches, max_skip_frac=max_skip_frac)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+    return loader, plan

@@ -1,0 +1,106 @@
+"""One pretraining job from Python: data -> MLflow run -> Ray Train -> export -> registry.
+
+    from pretrain.config import load_config
+    from pretrain.run import run
+    summary = run(load_config("configs/quickstart.yaml"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pretrain.config.load import config_to_yaml, flatten
+from pretrain.config.schema import RunConfig
+from pretrain.export import read_config
+from pretrain.registry import RegisteredEncoder, log_and_register
+from pretrain.tracking import runs as tracking
+from pretrain.train import checkpoint as ckpt
+from pretrain.train.plan import TrainingPlan, plan_training
+
+log = logging.getLogger("pretrain.run")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    final_step: int
+    plan: TrainingPlan
+    encoder_dir: str | None
+    registered: RegisteredEncoder | None
+    seconds: float
+
+
+def prepare_data(cfg: RunConfig, progress=None) -> RunConfig:
+    """With ``data.path`` unset, generate the synthetic 3D set (once per distinct setting) under
+    ``data.cache_dir`` and return a config pointing at it."""
+    if cfg.data.path is not None:
+        return cfg
+    from pretrain.data.format import INDEX_NAME
+    from pretrain.data.synth3d import generate_synth3d
+
+    settings = cfg.data.synth3d.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(cfg.data.cache_dir).resolve() / f"synth3d-{digest}"
+    if not (out / INDEX_NAME).is_file():
+        log.info("generating synthetic 3D data into %s", out)
+        generate_synth3d(cfg.data.synth3d, out, progress=progress)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out)})})
+
+
+def run(cfg: RunConfig, progress=None) -> RunSummary:
+    """Train ``cfg`` (resuming a run of the same name), then export and register its encoder."""
+    from cluster import trainer
+    from cluster.worker import train_worker
+
+    started = time.perf_counter()
+    cfg = prepare_data(cfg, progress=progress)
+    plan = plan_training(cfg, cfg.cluster.num_workers)  # bad data fails here, before Ray starts
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    run_id, resumed = tracking.start_or_resume_run(
+        tracking_uri, cfg.tracking.experiment, cfg.name, flatten(cfg), config_to_yaml(cfg))
+    storage = trainer.storage_dir(cfg.cluster, cfg.name)
+    tracking.set_tags(tracking_uri, run_id, {"pretrain.storage": storage,
+                                             "pretrain.total_steps": str(plan.total_steps)})
+    log.info("%s MLflow run %s (%s)", "resuming" if resumed else "started", run_id, tracking_uri)
+    started_ray = trainer.connect(cfg.cluster)
+    try:
+        result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
+                                            "tracking_uri": tracking_uri, "run_id": run_id},
+                             cluster=cfg.cluster, name=cfg.name, keep=cfg.checkpoint.keep)
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {cfg.name} produced no checkpoint")
+        with result.checkpoint.as_directory() as local:
+            final_step, encoder_dir, registered = _finish(cfg, Path(local), tracking_uri, run_id)
+    except BaseException:
+        tracking.end_run(tracking_uri, run_id, status="FAILED")
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    tracking.end_run(tracking_uri, run_id)
+    return RunSummary(run_name=cfg.name, run_id=run_id, tracking_uri=tracking_uri,
+                      final_step=final_step, plan=plan, encoder_dir=encoder_dir,
+                      registered=registered, seconds=time.perf_counter() - started)
+
+
+def _finish(cfg: RunConfig, checkpoint_dir: Path, tracking_uri: str, run_id: str):
+    """Keep a copy of the final encoder next to the run's checkpoints, then register it."""
+    state = ckpt.read_state(checkpoint_dir)
+    encoder_src = checkpoint_dir / ckpt.ENCODER_DIR
+    read_config(encoder_src)
+    registered = None
+    if cfg.registry.enabled:
+        registered = log_and_register(
+            tracking_uri, run_id, encoder_src, cfg.registry.name, cfg.registry.alias,
+            tags={"objective": cfg.objective.name, "step": str(state.step),
+                  "run_name": cfg.name})
+    return state.step, str(encoder_src), registered

@@ -1,0 +1,1 @@
+"""The training loop: engine construction, schedule, checkpoints, and the per-worker fit."""

@@ -1,0 +1,194 @@
+"""The per-worker training loop: data -> augment -> objective -> DeepSpeed, with checkpoints and
+rank-0 MLflow metrics. Independent of Ray: ``cluster/`` supplies the rank, device and reporter.
+
+Determinism: data order is a function of (seed, epoch, rank) and augmentation randomness of
+(seed, step, rank), so resuming at step s replays exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+from augment.pipeline import ViewAugmenter
+from objectives.registry import build_objective
+from pretrain.config.schema import RunConfig
+from pretrain.data.reader import make_loader
+from pretrain.export import write_encoder
+from pretrain.train import checkpoint
+from pretrain.train.engine import build_engine
+from pretrain.train.plan import TrainingPlan, plan_training
+from pretrain.train.seeding import generator_for
+from pretrain.train.step import RunningMeans, make_views, train_step
+from pretrain.encoder import build_encoder
+
+log = logging.getLogger("pretrain.train")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+class Reporter(Protocol):
+    """How a worker hands checkpoints to the orchestrator and gets the latest one back."""
+
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None: ...
+
+
+def build_model(cfg: RunConfig):
+    """Encoder + objective with weights initialised from ``cfg.seed`` (same on every rank)."""
+    torch.manual_seed(cfg.seed)
+    encoder, info = build_encoder(cfg.encoder.model, cfg.data.image_size, cfg.encoder.kwargs)
+    objective = build_objective(cfg.objective.name, cfg.objective.settings(), encoder,
+                                info.num_features)
+    return objective, info
+
+
+def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri: str | None,
+        run_id: str | None) -> int:
+    """Train until ``plan.stop_step``; returns the final step. Rank 0 logs to ``run_id``."""
+    plan = plan_training(cfg, ctx.world_size)
+    objective, info = build_model(cfg)
+    engine = build_engine(objective, cfg, total_steps=plan.total_steps,
+                          world_size=ctx.world_size, device=ctx.device)
+    augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
+                              output_size=cfg.data.image_size)
+    state = checkpoint.TrainState(mlflow_run_id=run_id)
+    with reporter.restore_dir() as restored:
+        if restored is not None:
+            state = checkpoint.load(engine, restored)
+            log.info("rank %d resumed at step %d from %s", ctx.rank, state.step, restored)
+    metrics = _rank0_metrics(tracking_uri, run_id, ctx.rank, cfg.tracking.system_metrics)
+    try:
+        _train(cfg, ctx, plan, engine, augmenter, state, reporter, info, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return state.step
+
+
+def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, info, metrics) -> None:
+    running = RunningMeans()
+    window = _Window()
+    while state.step < plan.stop_step:
+        epoch, skip = divmod(state.step, plan.steps_per_epoch)
+        for batch, waited in timed_batches(epoch_batches(cfg, ctx, plan, epoch, skip)):
+            if state.step >= plan.stop_step:
+                break
+            batch = batch.to(ctx.device)
+            views = make_views(augmenter, batch, generator_for(cfg.seed, "augment", state.step,
+                                                               ctx.rank))
+            out = train_step(engine, views)
+            engine.module.on_step_end(state.step, plan.total_steps)
+            state.step += 1
+            running.add({"loss/total": out.loss, **{f"loss/{k}": v for k, v in out.terms.items()}})
+            window.add(waited, batch)
+            last = state.step == plan.stop_step
+            if state.step % cfg.tracking.log_every_steps == 0 or last:
+                values = {**running.pop(), **window.pop(ctx, batch_size=cfg.data.batch_size),
+                          "lr": engine.get_lr()[0], "epoch": float(epoch)}
+                if metrics is not None:
+                    metrics.log_metrics(state.step, values)
+                if ctx.rank == 0:
+                    log.info(progress_line(state.step, plan.stop_step, values,
+                                           cfg.data.batch_size * ctx.world_size))
+            if state.step % cfg.checkpoint.every_steps == 0 or last:
+                _checkpoint(engine, state, reporter, info, cfg, ctx)
+
+
+def progress_line(step: int, stop: int, values: dict[str, float], images_per_step: float) -> str:
+    """``step 40/120 | loss 21.3 | 118 img/s | wait 3% | ETA 1m05s``."""
+    rate = values.get("throughput/img_per_s", 0.0)
+    steps_per_s = rate / max(images_per_step, 1.0)
+    eta = (stop - step) / steps_per_s if steps_per_s > 0 else float("nan")
+    eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+    return (f"step {step}/{stop} | loss {values.get('loss/total', float('nan')):.4g} | "
+            f"{rate:.0f} img/s | wait {100 * values.get('throughput/data_wait_frac', 0):.0f}% | "
+            f"ETA {eta_text}")
+
+
+def epoch_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan, epoch: int,
+                   skip: int) -> Iterator:
+    loader, _ = make_loader(
+        plan.urls, plan.counts, world_size=ctx.world_size, rank=ctx.rank,
+        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+        image_size=cfg.data.image_size, views=cfg.data.views, seed=cfg.seed, epoch=epoch,
+        skip_batches=skip, shuffle_buffer=cfg.data.shuffle_buffer,
+        max_skip_frac=cfg.data.max_skip_frac)
+    return iter(loader)
+
+
+def timed_batches(batches: Iterator) -> Iterator:
+    """Yield (batch, seconds spent waiting for it)."""
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
+
+
+class _Window:
+    """Throughput, input-wait share and skipped samples over one logging interval."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.waited = 0.0
+        self.steps = 0
+        self.skipped = 0
+
+    def add(self, waited: float, batch) -> None:
+        self.waited += waited
+        self.steps += 1
+        self.skipped = batch.skipped
+
+    def pop(self, ctx: WorkerContext, batch_size: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        skipped = torch.tensor([float(self.skipped)], device=ctx.device)
+        if dist.is_initialized() and ctx.world_size > 1:
+            dist.all_reduce(skipped)  # every rank logs at the same steps, so this never hangs
+        values = {
+            "throughput/img_per_s": self.steps * batch_size * ctx.world_size / elapsed,
+            "throughput/data_wait_frac": self.waited / elapsed,
+            "data/skipped": float(skipped.item()),
+        }
+        self.__init__()
+        return values
+
+
+def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: WorkerContext) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"pretrain-ckpt-r{ctx.rank}-") as tmp:
+        out = Path(tmp)
+        checkpoint.save(engine, state, out)
+        if ctx.rank == 0:
+            write_encoder(engine.module.encoder, info, out / checkpoint.ENCODER_DIR,
+                          objective=cfg.objective.name, data=cfg.data.path or "synth3d",
+                          run_id=state.mlflow_run_id, step=state.step)
+        reporter.report(state.step, {"step": float(state.step)}, out)
+
+
+def _rank0_metrics(tracking_uri: str | None, run_id: str | None, rank: int, system_metrics: bool):
+    if rank != 0 or tracking_uri is None or run_id is None:
+        return None
+    from pretrain.tracking.metrics import MetricLogger
+
+    done = MetricLogger.last_logged_step(tracking_uri, run_id, "loss/total")
+    logger = MetricLogger(tracking_uri, run_id, skip_through_step=done)
+    if system_metrics:
+        logger.start_system_metrics()
+    return logger

@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests that start Ray, DeepSpeed engines or MLflow are marked ``slow``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture()
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """Run in an empty working directory (the default MLflow store and caches land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path

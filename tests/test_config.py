@@ -1,0 +1,81 @@
+"""Config: defaults in code, YAML + dotted overrides, one-line errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.config import ConfigError, RunConfig, flatten, load_config
+from pretrain.config.load import apply_overrides, parse_override
+
+
+def test_defaults_validate_and_follow_the_objective_recipe():
+    cfg = RunConfig()
+    assert cfg.objective.name == "vicreg"
+    assert cfg.augment.recipe == "vicreg"
+    assert cfg.data.path is None  # synthetic 3D data by default
+
+
+def test_yaml_and_overrides_merge(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 16\noptim:\n  lr: 0.5\n")
+    cfg = load_config(path, ["optim.lr=0.25", "encoder.model=resnet10t",
+                             "objective.vicreg.expander_dims=[64,64]", "tracking.uri=sqlite:///x.db"])
+    assert cfg.data.batch_size == 16
+    assert cfg.optim.lr == 0.25
+    assert cfg.encoder.model == "resnet10t"
+    assert cfg.objective.vicreg.expander_dims == [64, 64]
+    assert cfg.tracking.uri == "sqlite:///x.db"
+
+
+def test_override_values_are_typed_by_yaml():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=hello") == (["a"], "hello")
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["data.bacth_size=3"], "data.bacth_size"),
+    (["data.batch_size=many"], "data.batch_size"),
+    (["encoder.model=not_a_timm_model"], "encoder.model"),
+    (["objective.name=nope"], "objective.name"),
+    (["deepspeed.zero_stage=5"], "deepspeed.zero_stage"),
+    (["nosection.x=1"], "nosection"),
+    (["data=3"], "data"),
+])
+def test_errors_name_the_key_on_one_line(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert message.startswith(key + ":"), message
+    assert "\n" not in message
+
+
+def test_unknown_objective_lists_known_ones():
+    with pytest.raises(ConfigError, match="vicreg"):
+        load_config(None, ["objective.name=nope"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["justakey"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_every_shipped_config_loads():
+    configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_flatten_gives_dotted_params():
+    flat = flatten(RunConfig())
+    assert flat["data.batch_size"] == "64"
+    assert flat["objective.vicreg.sim_coeff"] == "25.0"

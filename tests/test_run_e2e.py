@@ -1,0 +1,136 @@
+"""The whole path, for real: synthetic shards -> 2 Ray Train workers -> DeepSpeed ZeRO-2 ->
+checkpoints -> MLflow (SQLite) -> registry -> pull, plus resume and bad-input stops."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from pretrain.config import load_config
+from pretrain.data.errors import DataError
+from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
+from pretrain.data.writer import ShardSetWriter
+from pretrain.hub import load_encoder
+from pretrain.run import run
+from pretrain.tracking.runs import RUN_NAME_TAG
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = 24  # 2 workers x batch 4 -> 3 steps per epoch, nothing dropped
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Synthetic objects plus one corrupt sample (kept within max_skip_frac below)."""
+    out = tmp_path_factory.mktemp("synth")
+    generate_synth3d(Synth3DConfig(classes=4, instances_per_class=6, views=2, size=32,
+                                   shard_size=8), out)
+    return out
+
+
+def _config(tmp: Path, data: Path, name: str, *extra: str):
+    return load_config(None, [
+        f"name={name}", f"data.path={data}", "data.image_size=32", "data.batch_size=4",
+        "data.num_workers=1", "data.shuffle_buffer=8", "encoder.model=test_resnet",
+        "objective.vicreg.expander_dims=[32,32]", "cluster.num_workers=2",
+        "cluster.cpus_per_worker=1", "deepspeed.zero_stage=2", "train.epochs=3",
+        "checkpoint.every_steps=2", "checkpoint.keep=2", "tracking.log_every_steps=1",
+        "tracking.system_metrics=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"cluster.storage_path={tmp / 'runs'}", "registry.name=e2e-encoder", *extra])
+
+
+def _final_module_weights(storage: Path) -> dict[str, torch.Tensor]:
+    """The encoder weights inside the newest DeepSpeed checkpoint (our own training file)."""
+    newest = sorted(storage.glob("checkpoint_*"))[-1]
+    states = torch.load(newest / "engine" / "mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+    return {k.removeprefix("encoder."): v for k, v in states["module"].items()
+            if k.startswith("encoder.")}
+
+
+def test_two_worker_zero2_run_resumes_and_registers(tmp_path, shards, in_tmp_cwd):
+    interrupted = _config(tmp_path, shards, "resumed", "train.max_steps=4")
+    first = run(interrupted)
+    assert first.final_step == 4 and first.plan.total_steps == 9
+    assert not ray.is_initialized()
+
+    resumed = run(_config(tmp_path, shards, "resumed"))
+    assert resumed.run_id == first.run_id  # same MLflow run continues
+    assert resumed.final_step == 9
+
+    client = MlflowClient(resumed.tracking_uri)
+    history = client.get_metric_history(resumed.run_id, "loss/total")
+    assert sorted(m.step for m in history) == list(range(1, 10))  # each step once
+    run_data = client.get_run(resumed.run_id).data
+    assert run_data.params["data.batch_size"] == "4"
+    assert run_data.params["deepspeed.zero_stage"] == "2"
+    assert run_data.tags[RUN_NAME_TAG] == "resumed"
+    for key in ("loss/invariance", "loss/variance", "loss/covariance", "lr",
+                "throughput/img_per_s", "throughput/data_wait_frac", "data/skipped"):
+        assert client.get_metric_history(resumed.run_id, key), key
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    config_yaml = client.download_artifacts(resumed.run_id, "config.yaml", str(tmp_path))
+    assert "zero_stage: 2" in Path(config_yaml).read_text()
+
+    # The registered encoder is exactly the trained one (compared with the DeepSpeed checkpoint).
+    assert resumed.registered is not None and resumed.registered.version == "2"
+    encoder = load_encoder(resumed.registered.uri, tracking_uri=resumed.tracking_uri)
+    trained = _final_module_weights(tmp_path / "runs" / "resumed")
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = load_encoder(resumed.encoder_dir)
+    torch.testing.assert_close(encoder(x), reference(x), rtol=0, atol=0)
+
+    # Retention: only checkpoint.keep checkpoints remain.
+    assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_*"))) == 2
+
+    # The same run without interruption ends with the same weights, bit for bit.
+    straight = run(_config(tmp_path, shards, "straight"))
+    assert straight.final_step == 9
+    uninterrupted = _final_module_weights(tmp_path / "runs" / "straight")
+    for key, value in trained.items():
+        assert torch.equal(value, uninterrupted[key]), key
+
+
+def _corrupt_copy(src: Path, dst: Path, bad: int) -> Path:
+    """``src`` re-written with the first ``bad`` samples' images replaced by garbage bytes."""
+    from pretrain.data.sources import iter_shard
+
+    with ShardSetWriter(dst, shard_size=8, prefix="bad") as writer:
+        count = 0
+        for shard in sorted(src.glob("*.tar")):
+            for sample in iter_shard(str(shard)):
+                files = {k: v for k, v in sample.items() if not k.startswith("__")}
+                if count < bad:
+                    files = {k: (b"not a png" if k.endswith("png") else v) for k, v in files.items()}
+                writer.write(f"s{count:05d}", files)
+                count += 1
+    return dst
+
+
+def test_bad_samples_are_skipped_counted_or_stop_the_run(tmp_path, shards, in_tmp_cwd):
+    data = _corrupt_copy(shards, tmp_path / "bad", bad=3)
+    with pytest.raises(DataError, match="unreadable"):  # 3/24 > 1%: stops, names the shards
+        run(_config(tmp_path, data, "too-many-bad", "train.max_steps=2"))
+    summary = run(_config(tmp_path, data, "tolerated", "data.max_skip_frac=0.5",
+                          "train.epochs=1", "cluster.num_workers=1", "deepspeed.zero_stage=0",
+                          "registry.enabled=false"))
+    client = MlflowClient(summary.tracking_uri)
+    skipped = client.get_metric_history(summary.run_id, "data/skipped")
+    assert max(m.value for m in skipped) >= 1
+
+
+def test_missing_or_empty_data_stops_before_ray_starts(tmp_path, in_tmp_cwd):
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
+        run(_config(tmp_path, tmp_path / "nowhere", "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        run(_config(tmp_path, empty, "empty"))
+    assert not ray.is_initialized()

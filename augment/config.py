@@ -103,6 +103,44 @@ class AugmentConfig(BaseModel):
     views: list[ViewConfig] | None = Field(
         None, description="Per-view op settings replacing the recipe's (crop scale included)."
     )
+    # Recipe-specific options (see augment.recipes for which recipe reads which).
+    color_strength: float = Field(
+        1.0,
+        gt=0.0,
+        le=2.5,
+        description="SimCLR colour-distortion strength s of the simclr/essl/care recipes: jitter "
+        "(0.8s, 0.8s, 0.8s, 0.2s) with p 0.8 (SimCLR: 1.0 on ImageNet, 0.5 on CIFAR).",
+    )
+    blur_p: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Gaussian-blur probability of the simclr/essl/care recipes "
+        "(SimCLR: 0.5 on ImageNet, 0 on CIFAR; CARE keeps 0.5 on CIFAR; E-SSL uses 0).",
+    )
+    small_crop_size: int | None = Field(
+        None,
+        ge=4,
+        description="E-SSL: side of the rotated small crop in pixels; None = half the output size.",
+    )
+    small_crop_scale: tuple[float, float] = Field(
+        (0.2, 1.0), description="E-SSL: area-fraction range of the rotated small crop."
+    )
+    chunk_size: int = Field(
+        16,
+        ge=1,
+        description="CARE: images per chunk sharing one sampled augmentation pair; a batch of B "
+        "gets max(1, B // chunk_size) chunks (the paper's K = 16 chunks at batch 256).",
+    )
+    sequence_length: int = Field(
+        3, ge=1, description="seq-JEPA: observed views M per sample (the recipe makes M + 1 views)."
+    )
+    render_augment: Literal["light", "none"] = Field(
+        "light",
+        description="pair/sequence recipes with source='distinct': ops on top of the distinct "
+        "renderings. 'light': crop scale (0.8, 1) and brightness/contrast 0.2, no flip and no hue "
+        "change (both would falsify the rotation and hue latents); 'none': resize only.",
+    )
 
     @field_validator("recipe")
     @classmethod
@@ -114,6 +152,13 @@ class AugmentConfig(BaseModel):
             known = ", ".join(sorted(RECIPES))
             raise ValueError(f"augment.recipe: unknown recipe {value!r}; known recipes: {known}")
         return value
+
+    @field_validator("small_crop_scale")
+    @classmethod
+    def _check_small_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] or value[1] > 1.0:
+            raise ValueError(f"small_crop_scale must lie in (0, 1], got {value}")
+        return _ordered_pair(value, "small_crop_scale")
 
     @model_validator(mode="after")
     def _views_and_scale(self) -> AugmentConfig:

@@ -46,7 +46,7 @@ def _config(tmp: Path, data: Path, name: str, *extra: str):
 
 def _final_module_weights(storage: Path) -> dict[str, torch.Tensor]:
     """The encoder weights inside the newest DeepSpeed checkpoint (our own training file)."""
-    newest = sorted(storage.glob("checkpoint_*"))[-1]
+    newest = sorted(storage.glob("checkpoint_0*"))[-1]
     states = torch.load(newest / "engine" / "mp_rank_00_model_states.pt", map_location="cpu",
                         weights_only=False)
     return {k.removeprefix("encoder."): v for k, v in states["module"].items()
@@ -88,7 +88,7 @@ def test_two_worker_zero2_run_resumes_and_registers(tmp_path, shards, in_tmp_cwd
     torch.testing.assert_close(encoder(x), reference(x), rtol=0, atol=0)
 
     # Retention: only checkpoint.keep checkpoints remain.
-    assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_*"))) == 2
+    assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_0*"))) == 2
 
     # The same run without interruption ends with the same weights, bit for bit.
     straight = run(_config(tmp_path, shards, "straight"))

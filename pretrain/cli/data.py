@@ -47,7 +47,11 @@ def import_folder(
     if shard_size < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--shard-size")
     report = import_image_folder(image_folder, out, shard_size=shard_size)
-    typer.echo(report.summary())
+    labels = f"{len(report.classes)} classes" if report.classes else "unlabeled"
+    typer.echo(f"wrote {report.samples} images ({labels}) in {report.shards} shard(s) to "
+               f"{report.out_dir}; {report.reencoded} re-encoded, {report.unreadable} unreadable")
+    for path, reason in report.unreadable_files:
+        typer.echo(f"  skipped {path}: {reason}")
 
 
 @app.command("inspect")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-import click
+# typer ships its own copy of click; its exception classes are the ones raised here.
+import typer
+from typer._click import exceptions as click_errors
 
 USAGE_EXIT = 2
 
@@ -24,19 +26,19 @@ def usage_error_types() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, ExportError, FileNotFoundError)
 
 
-def run_cli(command: click.Command, args: list[str] | None = None) -> NoReturn:
-    """Run a click command; usage and input errors become one line and exit code 2."""
+def run_cli(command, args: list[str] | None = None) -> NoReturn:
+    """Run the typer/click command; usage and input errors become one line and exit code 2."""
     try:
         code = command.main(args=args, prog_name="pretrain", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # bare group: help was printed
+    except click_errors.NoArgsIsHelpError as exc:  # bare group: help was printed
         print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
         raise SystemExit(USAGE_EXIT) from None
-    except click.UsageError as exc:
+    except click_errors.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         fail(f"{exc.format_message()}{hint}")
-    except click.exceptions.Abort:
+    except typer.Abort:
         fail("aborted", 130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except usage_error_types() as exc:
         fail(_one_line(exc))

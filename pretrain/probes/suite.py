@@ -1,0 +1,131 @@
+"""The probe suite: features once, then every probe over them; returns named metrics.
+
+Metric names (values are floats; accuracies and R^2 are fractions, not percentages):
+
+- ``probe/linear_top1``: multinomial logistic regression on frozen features, probe-test top-1.
+- ``probe/knn_top1``: weighted cosine kNN (``knn_k``, ``knn_temperature``), probe-test top-1.
+- ``probe/invariance/<T>``: s_T = (mean cos(f(x), f(Tx)) - b) / (1 - b), see ``invariance``.
+- ``probe/equivariance_r2/<T>``: ridge read-out of T's parameters from [f(x), f(Tx)],
+  scikit-learn R^2 (mean of per-output R^2) on held-out pairs.
+- ``probe/equivariance_r2_mlp/<T>``: the same with the MLP read-out.
+- ``probe/equivariance_r2_sie/<T>``, ``probe/equivariance_r2_sie_mlp/<T>``: ridge / MLP scored
+  with SIE's global-mean R^2 (for comparison with SIE numbers), see ``equivariance``.
+- ``probe/health/rankme``, ``probe/health/collapsed_frac``, ``probe/health/neg_cos`` (over all
+  probe features), ``probe/health/pos_cos`` (mean cos(f(x), f(Tx)) over the probed T).
+- ``probe/seconds``: wall time of the whole pass.
+
+The representation probed is ``features.REPRESENTATION`` (the encoder's pooled output).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.probes.config import TRANSFORMS_3D, ProbesConfig
+from pretrain.probes.equivariance import equivariance_scores, pair_inputs
+from pretrain.probes.features import Preprocess, encode
+from pretrain.probes.health import health_metrics
+from pretrain.probes.invariance import invariance_score, mean_cross_cosine, mean_pair_cosine
+from pretrain.probes.knn import knn_top1
+from pretrain.probes.linear import linear_probe
+from pretrain.probes.probeset import ProbeSet
+from pretrain.probes.transforms import apply_transform, transform_seed
+
+log = logging.getLogger("pretrain.probes")
+
+
+def _labeled(probe_set: ProbeSet) -> bool:
+    labels = probe_set.labels
+    return bool(labels.numel()) and bool((labels >= 0).all()) and int(labels.unique().numel()) > 1
+
+
+def classification_metrics(features: Tensor, probe_set: ProbeSet, cfg: ProbesConfig
+                           ) -> dict[str, float]:
+    """Linear-probe and kNN top-1 on the probe set's split (empty when it has no labels)."""
+    if not _labeled(probe_set):
+        return {}
+    tr, te = probe_set.train_idx, probe_set.test_idx
+    y = probe_set.labels
+    out = {}
+    if cfg.linear:
+        out["probe/linear_top1"] = linear_probe(
+            features[tr], y[tr], features[te], y[te], weight_decays=cfg.linear_weight_decays,
+            max_iter=cfg.linear_max_iter).top1
+    if cfg.knn:
+        out["probe/knn_top1"] = knn_top1(features[tr], y[tr], features[te], y[te],
+                                         k=cfg.knn_k, temperature=cfg.knn_temperature)
+    return out
+
+
+def _latents_3d(probe_set: ProbeSet, rows: Tensor) -> dict[str, Tensor]:
+    latents = {k: v[rows] for k, v in probe_set.latents.items()}
+    latents["labels"] = probe_set.labels[rows]
+    latents["render_size"] = torch.tensor(probe_set.render_size or probe_set.images.shape[-1])
+    return latents
+
+
+def transform_metrics(encoder: nn.Module, features: Tensor, probe_set: ProbeSet,
+                      cfg: ProbesConfig, pre: Preprocess, device: torch.device | str
+                      ) -> tuple[dict[str, float], list[float]]:
+    """Invariance and equivariance per T in ``cfg.transforms``; also returns the per-T mean
+    positive-pair cosines. Pairs: the first ``pairs_train`` probe-train images (regressor
+    training) and the first ``pairs_test`` probe-test images (held out)."""
+    pair_tr = probe_set.train_idx[: cfg.pairs_train]
+    pair_te = probe_set.test_idx[: cfg.pairs_test]
+    rows = torch.cat((pair_tr, pair_te))
+    n_tr = pair_tr.numel()
+    fx = features[rows]
+    baseline = mean_cross_cosine(fx)
+    metrics: dict[str, float] = {}
+    positives: list[float] = []
+    skipped = [t for t in cfg.transforms if t in TRANSFORMS_3D and not probe_set.has_3d]
+    if skipped:
+        log.info("probe set %s has no 3D latents: skipping %s", probe_set.name, ", ".join(skipped))
+    for name in cfg.transforms:
+        if name in skipped:
+            continue
+        latents = _latents_3d(probe_set, rows) if name in TRANSFORMS_3D else None
+        t = apply_transform(name, probe_set.images[rows], cfg.seed, latents)
+        ftx = encode(encoder, t.images, pre=pre, device=device, batch_size=cfg.batch_size)
+        changed = torch.nonzero(t.changed, as_tuple=True)[0]
+        metrics[f"probe/invariance/{name}"] = invariance_score(fx[changed], ftx[changed], baseline)
+        positives.append(mean_pair_cosine(fx[changed], ftx[changed]))
+        pairs = pair_inputs(fx, ftx)
+        eq = equivariance_scores(
+            pairs[:n_tr], t.params[:n_tr], pairs[n_tr:], t.params[n_tr:],
+            alphas=cfg.ridge_alphas, mlp=cfg.mlp, mlp_hidden=cfg.mlp_hidden,
+            mlp_steps=cfg.mlp_steps, mlp_lr=cfg.mlp_lr, mlp_weight_decay=cfg.mlp_weight_decay,
+            seed=transform_seed(cfg.seed, name))
+        metrics[f"probe/equivariance_r2/{name}"] = eq.r2
+        metrics[f"probe/equivariance_r2_sie/{name}"] = eq.r2_sie
+        if eq.r2_mlp is not None:
+            metrics[f"probe/equivariance_r2_mlp/{name}"] = eq.r2_mlp
+            metrics[f"probe/equivariance_r2_sie_mlp/{name}"] = eq.r2_sie_mlp
+    return metrics, positives
+
+
+def run_probe_suite(encoder: nn.Module, probe_set: ProbeSet, cfg: ProbesConfig,
+                    device: torch.device | str = "cpu", *, preprocess: Preprocess | None = None
+                    ) -> dict[str, float]:
+    """Every probe of ``cfg`` on ``probe_set``; features of the probe images are extracted once
+    and shared. ``preprocess`` defaults to ``Preprocess.of(encoder)``; pass
+    ``Preprocess.from_info(info)`` for an encoder built for training (its ``pretrained_cfg``
+    still holds timm's ImageNet defaults). The encoder's train/eval mode is restored."""
+    start = time.perf_counter()
+    pre = preprocess or Preprocess.of(encoder)
+    features = encode(encoder, probe_set.images, pre=pre, device=device,
+                      batch_size=cfg.batch_size)
+    metrics = classification_metrics(features, probe_set, cfg)
+    per_t, positives = transform_metrics(encoder, features, probe_set, cfg, pre, device)
+    metrics |= per_t
+    health = health_metrics(features, cfg.collapse_threshold, cfg.rankme_eps)
+    metrics |= {f"probe/health/{k}": v for k, v in health.items()}
+    finite = [p for p in positives if not math.isnan(p)]
+    metrics["probe/health/pos_cos"] = sum(finite) / len(finite) if finite else math.nan
+    metrics["probe/seconds"] = time.perf_counter() - start
+    return metrics

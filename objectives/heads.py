@@ -78,3 +78,8 @@ def ln_mlp(in_dim: int, hidden_dims: list[int], out_dim: int) -> nn.Sequential:
         prev = hidden
     layers.append(nn.Linear(prev, out_dim))
     return nn.Sequential(*layers)
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is 16-bit (losses and Gram/covariance matrices), unchanged otherwise."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -11,6 +11,11 @@ from pydantic import BaseModel
 from torch import nn
 
 from objectives.base import Objective
+from objectives.care import CARE, CAREConfig
+from objectives.essl import ESSL, ESSLConfig
+from objectives.seq_jepa import SeqJEPA, SeqJEPAConfig
+from objectives.sie import SIE, SIEConfig
+from objectives.simclr import SimCLR, SimCLRConfig
 from objectives.vicreg import VICReg, VICRegConfig
 
 
@@ -24,6 +29,11 @@ class ObjectiveSpec:
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "vicreg": ObjectiveSpec(VICReg, VICRegConfig),
+    "simclr": ObjectiveSpec(SimCLR, SimCLRConfig),
+    "essl": ObjectiveSpec(ESSL, ESSLConfig),
+    "care": ObjectiveSpec(CARE, CAREConfig),
+    "sie": ObjectiveSpec(SIE, SIEConfig),
+    "seq_jepa": ObjectiveSpec(SeqJEPA, SeqJEPAConfig),
 }
 
 

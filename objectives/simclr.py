@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from augment.batch import ViewBatch
 from objectives.base import LossOutput, Objective
 from objectives.distributed import gather_with_grad, rank
-from objectives.heads import encode_together, mlp
+from objectives.heads import encode_together, full_precision, mlp
 
 
 def nt_xent_loss(z_a: Tensor, z_b: Tensor, *, temperature: float = 0.5, gather: bool = True) -> Tensor:
@@ -43,7 +43,7 @@ def nt_xent_loss(z_a: Tensor, z_b: Tensor, *, temperature: float = 0.5, gather: 
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     with torch.autocast(device_type=z_a.device.type, enabled=False):
-        a, b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)
+        a, b = F.normalize(full_precision(z_a), dim=1), F.normalize(full_precision(z_b), dim=1)
         n, d = a.shape
         if gather:
             keys_a, keys_b = gather_with_grad(torch.cat([a, b], dim=1)).split(d, dim=1)

@@ -17,12 +17,13 @@ from pathlib import Path
 from pretrain.config.load import config_to_yaml, flatten
 from pretrain.config.schema import RunConfig
 from pretrain.export import read_config
-from pretrain.registry import RegisteredEncoder, log_and_register
+from pretrain.registry import VERSION_TAG, RegisteredEncoder, log_and_register
 from pretrain.tracking import runs as tracking
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.plan import TrainingPlan, plan_training
 
 log = logging.getLogger("pretrain.run")
+REGISTERED_STEP_TAG = "pretrain.registered_step"
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,10 @@ def test_inspect_missing_and_pull_bad_uri(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_ui_without_a_store_says_so(tmp_path):
+    _one_line_usage_error(cli("ui", cwd=tmp_path), "no MLflow store")
+
+
 def test_synth3d_import_inspect_round_trip(tmp_path):
     out = tmp_path / "shards"
     result = cli("data", "synth3d", "--out", str(out), "--classes", "3", "--instances-per-class",

@@ -15,6 +15,7 @@ from pretrain.config import load_config
 from pretrain.data.errors import DataError
 from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
 from pretrain.data.writer import ShardSetWriter
+from pretrain.exporting import export_run
 from pretrain.hub import load_encoder
 from pretrain.run import run
 from pretrain.tracking.runs import RUN_NAME_TAG
@@ -87,6 +88,17 @@ def test_two_worker_zero2_run_resumes_and_registers(tmp_path, shards, in_tmp_cwd
     reference = load_encoder(resumed.encoder_dir)
     torch.testing.assert_close(encoder(x), reference(x), rtol=0, atol=0)
 
+    # Re-running the finished run trains nothing and registers no duplicate version.
+    again = run(_config(tmp_path, shards, "resumed"))
+    assert again.final_step == 9 and again.registered.version == "2"
+    assert len(client.get_metric_history(resumed.run_id, "loss/total")) == 9
+
+    # `pretrain export RUN_ID` registers the latest checkpointed encoder as a new version.
+    exported = export_run(resumed.run_id, tracking_uri=resumed.tracking_uri)
+    assert (exported.name, exported.version) == ("e2e-encoder", "3")
+    again_loaded = load_encoder("models:/e2e-encoder/3", tracking_uri=resumed.tracking_uri)
+    torch.testing.assert_close(again_loaded(x), reference(x), rtol=0, atol=0)
+
     # Retention: only checkpoint.keep checkpoints remain.
     assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_0*"))) == 2
 
@@ -116,13 +128,22 @@ def _corrupt_copy(src: Path, dst: Path, bad: int) -> Path:
 
 def test_bad_samples_are_skipped_counted_or_stop_the_run(tmp_path, shards, in_tmp_cwd):
     data = _corrupt_copy(shards, tmp_path / "bad", bad=3)
+    strict = ("train.epochs=1", "checkpoint.every_steps=1")
     with pytest.raises(DataError, match="unreadable"):  # 3/24 > 1%: stops, names the shards
-        run(_config(tmp_path, data, "too-many-bad", "train.max_steps=2"))
-    summary = run(_config(tmp_path, data, "tolerated", "data.max_skip_frac=0.5",
-                          "train.epochs=1", "cluster.num_workers=1", "deepspeed.zero_stage=0",
+        run(_config(tmp_path, data, "too-many-bad", *strict))
+    kept = sorted((tmp_path / "runs" / "too-many-bad").glob("checkpoint_0*"))
+    assert kept, "checkpoints written before the stop must survive it"
+    # Raising the tolerance and re-running the same name resumes from what was kept.
+    resumed = run(_config(tmp_path, data, "too-many-bad", *strict, "data.max_skip_frac=0.5",
                           "registry.enabled=false"))
-    client = MlflowClient(summary.tracking_uri)
-    skipped = client.get_metric_history(summary.run_id, "data/skipped")
+    client = MlflowClient(resumed.tracking_uri)
+    steps = [m.step for m in client.get_metric_history(resumed.run_id, "loss/total")]
+    assert sorted(steps) == list(range(1, resumed.plan.stop_step + 1))
+
+    tolerated = run(_config(tmp_path, data, "tolerated", "data.max_skip_frac=0.5",
+                            "train.epochs=1", "cluster.num_workers=1", "deepspeed.zero_stage=0",
+                            "registry.enabled=false"))
+    skipped = client.get_metric_history(tolerated.run_id, "data/skipped")
     assert max(m.value for m in skipped) >= 1
 
 

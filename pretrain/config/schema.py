@@ -7,6 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from augment.config import AugmentConfig
+from objectives.care import CAREConfig
+from objectives.essl import ESSLConfig
+from objectives.seq_jepa import SeqJEPAConfig
+from objectives.sie import SIEConfig
+from objectives.simclr import SimCLRConfig
 from objectives.vicreg import VICRegConfig
 from pretrain.data.synth3d import Synth3DConfig
 
@@ -51,6 +56,11 @@ class EncoderConfig(_Section):
 class ObjectiveConfig(_Section):
     name: str = Field("vicreg", description="Registered objective name.")
     vicreg: VICRegConfig = Field(default_factory=VICRegConfig)
+    simclr: SimCLRConfig = Field(default_factory=SimCLRConfig)
+    essl: ESSLConfig = Field(default_factory=ESSLConfig)
+    care: CAREConfig = Field(default_factory=CAREConfig)
+    sie: SIEConfig = Field(default_factory=SIEConfig)
+    seq_jepa: SeqJEPAConfig = Field(default_factory=SeqJEPAConfig)
 
     @field_validator("name")
     @classmethod
@@ -80,8 +90,8 @@ class OptimConfig(_Section):
 
 class DeepSpeedConfig(_Section):
     zero_stage: Literal[0, 1, 2] = 0
-    bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    bf16: Literal["auto"] | bool = Field(
+        "auto", description="bf16 autocast with fp32 master weights; auto: on GPU only.")
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="Merged into the generated DeepSpeed config.")
 

@@ -24,13 +24,20 @@ def rankme(z: Tensor, eps: float = 1e-7) -> float:
 
 
 def collapsed_fraction(z: Tensor, threshold: float = 0.01) -> float:
-    """Share of dimensions whose std over L2-normalised rows is below ``threshold / sqrt(D)``.
+    """Share of dimensions whose std over the rows is below ``threshold * s / sqrt(D)``, with
+    ``s = sqrt(mean_i |z_i|^2)`` the root-mean-square row norm.
 
-    ``1 / sqrt(D)`` is the per-dimension std of isotropic unit vectors, so ``threshold`` is a
-    fraction of the healthy spread, independent of the width ``D``."""
-    u = F.normalize(z.double(), dim=1, eps=1e-12)
-    std = u.std(dim=0, unbiased=True) if u.shape[0] > 1 else torch.zeros(u.shape[1])
-    return float((std < threshold / u.shape[1] ** 0.5).double().mean())
+    ``s / sqrt(D)`` is the per-dimension std of isotropic features of that size, so
+    ``threshold`` is a fraction of a healthy spread; the measure does not depend on the scale of
+    ``z`` (one global scale, not per-row normalisation, so constant dimensions stay constant).
+    Identical rows (complete collapse) give 1."""
+    z = z.double()
+    n, d = z.shape
+    scale = z.pow(2).sum(dim=1).mean().sqrt()
+    if n < 2 or not scale > 0:
+        return 1.0
+    std = z.std(dim=0, unbiased=True)
+    return float((std < threshold * scale / d ** 0.5).double().mean())
 
 
 def pair_cosines(z1: Tensor, z2: Tensor) -> tuple[float, float]:

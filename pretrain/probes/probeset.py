@@ -80,6 +80,17 @@ class ProbeSet:
         """True when every sample can be re-rendered (3D transformations apply)."""
         return all(k in self.latents for k in LATENTS_3D)
 
+    def capped(self, max_train: int, max_test: int) -> "ProbeSet":
+        """The first ``max_train`` probe-train and ``max_test`` probe-test rows (self when
+        nothing is cut), e.g. the online subset of an end-of-run set."""
+        tr, te = self.train_idx, self.test_idx
+        if tr.numel() <= max_train and te.numel() <= max_test:
+            return self
+        rows = torch.cat((tr[:max_train], te[:max_test]))
+        return ProbeSet(images=self.images[rows], labels=self.labels[rows],
+                        train=self.train[rows], latents={k: v[rows] for k, v in self.latents.items()},
+                        name=self.name, classes=self.classes, render_size=self.render_size)
+
     @property
     def num_classes(self) -> int:
         return int(self.labels.max().item()) + 1 if self.labels.numel() else 0

@@ -115,8 +115,11 @@ def run_probe_suite(encoder: nn.Module, probe_set: ProbeSet, cfg: ProbesConfig,
     """Every probe of ``cfg`` on ``probe_set``; features of the probe images are extracted once
     and shared. ``preprocess`` defaults to ``Preprocess.of(encoder)``; pass
     ``Preprocess.from_info(info)`` for an encoder built for training (its ``pretrained_cfg``
-    still holds timm's ImageNet defaults). The encoder's train/eval mode is restored."""
+    still holds timm's ImageNet defaults). Only the first ``cfg.max_train`` / ``cfg.max_test``
+    rows of each split are used, so one loaded set serves both the online (``for_online()``) and
+    the end-of-run passes. The encoder's train/eval mode is restored."""
     start = time.perf_counter()
+    probe_set = probe_set.capped(cfg.max_train, cfg.max_test)
     pre = preprocess or Preprocess.of(encoder)
     features = encode(encoder, probe_set.images, pre=pre, device=device,
                       batch_size=cfg.batch_size)

@@ -10,6 +10,7 @@ from augment.batch import ViewBatch
 from augment.config import AugmentConfig, ViewConfig
 from augment.ops import apply_view
 from augment.pipeline import ViewAugmenter
+from augment.relative import RELATIVE_LAYOUTS, relative_dim, relative_vectors
 from augment.recipes import RECIPES, Recipe, ViewSpec, build_recipe
 from augment.sampling import (
     PARAM_KEYS,
@@ -23,6 +24,7 @@ __all__ = [
     "PARAM_KEYS",
     "PARAM_VECTOR_LAYOUT",
     "RECIPES",
+    "RELATIVE_LAYOUTS",
     "AugmentConfig",
     "Recipe",
     "ViewAugmenter",
@@ -33,5 +35,7 @@ __all__ = [
     "build_recipe",
     "neutral_params",
     "params_to_vector",
+    "relative_dim",
+    "relative_vectors",
     "sample_view_params",
 ]

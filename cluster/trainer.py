@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cluster.storage import resolve_storage, run_uri
 from pretrain.config.schema import ClusterConfig
 
 
@@ -47,10 +47,7 @@ def resolve_use_gpu(cluster: ClusterConfig) -> bool:
 
 def storage_dir(cluster: ClusterConfig, name: str) -> str:
     """Where a run's checkpoints live: ``<storage_path>/<name>`` (local paths made absolute)."""
-    base = cluster.storage_path
-    if "://" not in base:
-        base = str(Path(base).resolve())
-    return f"{base.rstrip('/')}/{name}"
+    return run_uri(cluster, name)
 
 
 def worker_cause(err: ray.train.WorkerGroupError) -> BaseException:
@@ -69,10 +66,10 @@ def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
 
     Re-running with the same ``name`` and storage resumes from the latest checkpoint (Ray Train
     restores its checkpoint manager from storage); lost workers are replaced up to
-    ``cluster.max_failures`` times, each time from the latest checkpoint."""
+    ``cluster.max_failures`` times, each time from the latest checkpoint. Checkpoints go to
+    ``cluster.storage_path`` (local or ``s3://``, see :mod:`cluster.storage`)."""
     use_gpu = resolve_use_gpu(cluster)
-    base = cluster.storage_path if "://" in cluster.storage_path else str(
-        Path(cluster.storage_path).resolve())
+    storage = resolve_storage(cluster)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=payload,
@@ -81,7 +78,8 @@ def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
                                      resources_per_worker={"CPU": cluster.cpus_per_worker}),
         run_config=RayRunConfig(
             name=name,
-            storage_path=base,
+            storage_path=storage.path,
+            storage_filesystem=storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=keep),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray.train
@@ -13,10 +14,18 @@ from cluster.reporter import RayReporter
 from pretrain.config.schema import RunConfig
 from pretrain.train.loop import WorkerContext, fit
 
+# Rank 0's MetricLogger retries on its own schedule; MLflow's HTTP client would otherwise retry
+# with backoff for minutes per call (and time out after 120 s) during a tracking-server outage.
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
 
 def train_worker(payload: dict[str, Any]) -> None:
     """``payload``: {"config": resolved RunConfig dict, "tracking_uri", "run_id"}."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
     cfg = RunConfig.model_validate(payload["config"])
     context = ray.train.get_context()
     device = ray.train.torch.get_device()

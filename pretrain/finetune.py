@@ -133,6 +133,8 @@ def _train_full(model: nn.Module, images: Tensor, labels: Tensor, pre: Preproces
         total, seen = 0.0, 0
         for start in range(0, images.shape[0], batch_size):
             idx = order[start:start + batch_size]
+            if idx.numel() < 2 and images.shape[0] > 1:
+                continue  # batch norm cannot train on a single image
             flip = torch.rand(idx.numel(), generator=g) < 0.5
             x = images[idx].clone()
             x[flip] = x[flip].flip(-1)

@@ -19,6 +19,7 @@ from pretrain.config.schema import RunConfig
 from pretrain.export import read_config
 from pretrain.registry import VERSION_TAG, RegisteredEncoder, log_and_register
 from pretrain.tracking import runs as tracking
+from pretrain.tracking.metrics import UNSENT_FILE, read_unsent, send_missing
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.plan import TrainingPlan, plan_training
 
@@ -94,14 +95,46 @@ def run(cfg: RunConfig, progress=None) -> RunSummary:
 
 
 def _finish(cfg: RunConfig, checkpoint_dir: Path, tracking_uri: str, run_id: str):
-    """Keep a copy of the final encoder next to the run's checkpoints, then register it."""
+    """Probe the final encoder, then register it (once per final step of a run)."""
     state = ckpt.read_state(checkpoint_dir)
+    # Metrics that a tracking outage kept from MLflow until the end travel in the checkpoint.
+    send_missing(tracking_uri, run_id, read_unsent(checkpoint_dir / UNSENT_FILE))
     encoder_src = checkpoint_dir / ckpt.ENCODER_DIR
     read_config(encoder_src)
     registered = None
     if cfg.registry.enabled:
+        registered = already_registered(tracking_uri, run_id, state.step, cfg.registry.alias)
+    if registered is not None:
+        return state.step, str(encoder_src), registered
+    probe_metrics: dict[str, float] = {}
+    if cfg.probes.enabled:  # before registration, so the version carries the results
+        from pretrain.probes.hooks import end_of_run_probes
+
+        log.info("running the probe suite on the final encoder")
+        probe_metrics = end_of_run_probes(cfg.probes, encoder_src, tracking_uri, run_id,
+                                          state.step)
+    if cfg.registry.enabled:
+        from pretrain.probes.hooks import summary_tags
+
         registered = log_and_register(
             tracking_uri, run_id, encoder_src, cfg.registry.name, cfg.registry.alias,
             tags={"objective": cfg.objective.name, "step": str(state.step),
-                  "run_name": cfg.name})
+                  "run_name": cfg.name, **summary_tags(probe_metrics)},
+            description=f"{cfg.objective.name} encoder from run {cfg.name} at step {state.step}; "
+                        "probe results in the version tags and the run's probes/ artifacts")
+        tracking.set_tags(tracking_uri, run_id, {REGISTERED_STEP_TAG: str(state.step)})
     return state.step, str(encoder_src), registered
+
+
+def already_registered(tracking_uri: str, run_id: str, step: int,
+                       alias: str | None) -> RegisteredEncoder | None:
+    """The version registered by an earlier invocation of this run at the same final step (a
+    finished run re-run with the same name trains nothing and must not add a duplicate)."""
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(tracking_uri).get_run(run_id).data.tags
+    if tags.get(REGISTERED_STEP_TAG) != str(step) or VERSION_TAG not in tags:
+        return None
+    name, _, version = tags[VERSION_TAG].rpartition("/")
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    return RegisteredEncoder(name=name, version=version, uri=uri)

@@ -79,3 +79,9 @@ def test_flatten_gives_dotted_params():
     flat = flatten(RunConfig())
     assert flat["data.batch_size"] == "64"
     assert flat["objective.vicreg.sim_coeff"] == "25.0"
+
+
+def test_recipe_needs_enough_decoded_views():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["objective.name=seq_jepa", "augment.source=distinct", "data.views=2"])
+    assert str(info.value).startswith("data.views:")

@@ -22,6 +22,11 @@ from pretrain.tracking.runs import RUN_NAME_TAG
 
 pytestmark = pytest.mark.slow
 
+LIGHT_PROBES = ("probes.enabled=true", "probes.every_steps=3", "probes.data=synth3d",
+                "probes.synth3d_classes=4", "probes.synth3d_size=32", "probes.max_train=48",
+                "probes.max_test=24", "probes.pairs_train=24", "probes.pairs_test=16",
+                "probes.online_max_train=24", "probes.online_max_test=12", "probes.online_pairs=8",
+                "probes.mlp_steps=50", "probes.transforms=[flip,rotation,hue,object_rotation]")
 SAMPLES = 24  # 2 workers x batch 4 -> 3 steps per epoch, nothing dropped
 
 
@@ -42,7 +47,8 @@ def _config(tmp: Path, data: Path, name: str, *extra: str):
         "cluster.cpus_per_worker=1", "deepspeed.zero_stage=2", "train.epochs=3",
         "checkpoint.every_steps=2", "checkpoint.keep=2", "tracking.log_every_steps=1",
         "tracking.system_metrics=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        f"cluster.storage_path={tmp / 'runs'}", "registry.name=e2e-encoder", *extra])
+        f"cluster.storage_path={tmp / 'runs'}", "registry.name=e2e-encoder",
+        "probes.enabled=false", *extra])
 
 
 def _final_module_weights(storage: Path) -> dict[str, torch.Tensor]:
@@ -102,12 +108,24 @@ def test_two_worker_zero2_run_resumes_and_registers(tmp_path, shards, in_tmp_cwd
     # Retention: only checkpoint.keep checkpoints remain.
     assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_0*"))) == 2
 
-    # The same run without interruption ends with the same weights, bit for bit.
-    straight = run(_config(tmp_path, shards, "straight"))
+    # The same run without interruption ends with the same weights, bit for bit; this one also
+    # probes online (rank 0, every 3 steps) and at the end, and the version carries the results.
+    straight = run(_config(tmp_path, shards, "straight", *LIGHT_PROBES))
     assert straight.final_step == 9
     uninterrupted = _final_module_weights(tmp_path / "runs" / "straight")
     for key, value in trained.items():
         assert torch.equal(value, uninterrupted[key]), key
+    history = client.get_metric_history(straight.run_id, "probe/invariance/flip")
+    # online at steps 3 and 6, then the end-of-run suite at step 9
+    assert sorted(m.step for m in history) == [3, 6, 9]
+    metrics = client.get_run(straight.run_id).data.metrics
+    assert 0.0 <= metrics["probe/knn_top1"] <= 1.0
+    assert "probe/equivariance_r2/rotation" in metrics
+    assert "probe/online_time_frac" in metrics
+    artifacts = [a.path for a in client.list_artifacts(straight.run_id, "probes")]
+    assert any(p.endswith(".png") for p in artifacts), artifacts
+    version = client.get_model_version("e2e-encoder", straight.registered.version)
+    assert "probe/knn_top1" in version.tags
 
 
 def _corrupt_copy(src: Path, dst: Path, bad: int) -> Path:

@@ -9,11 +9,14 @@ from typing import Annotated
 import typer
 
 from pretrain.cli import data as data_cli
+from pretrain.cli import jobs as jobs_cli
 from pretrain.cli.errors import run_cli
 
 app = typer.Typer(help="Self-supervised pretraining with chosen, measured invariances.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_cli.app, name="data")
+app.command()(probe)
+app.command()(finetune)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/).")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(
@@ -91,6 +94,13 @@ def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
     subprocess.run(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
                     artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port)], check=False)
+
+
+app.command()(jobs_cli.submit)
+app.command()(jobs_cli.status)
+app.command()(jobs_cli.logs)
+app.command()(jobs_cli.stop)
+app.command()(jobs_cli.jobs)
 
 
 def main() -> None:

@@ -71,12 +71,13 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<config>"
+    key = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"{key}: {message}{extra}"
+    # Whole-config checks carry no location; their messages start with the key themselves.
+    return f"{key}: {message}{extra}" if key else f"{message}{extra}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -14,6 +14,7 @@ from objectives.sie import SIEConfig
 from objectives.simclr import SimCLRConfig
 from objectives.vicreg import VICRegConfig
 from pretrain.data.synth3d import Synth3DConfig
+from pretrain.probes.config import ProbesConfig
 
 
 class _Section(BaseModel):
@@ -102,7 +103,15 @@ class ClusterConfig(_Section):
     cpus_per_worker: int = Field(1, ge=1)
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts; -1 = unlimited.")
-    storage_path: str = Field(".pretrain/runs", description="Checkpoints: local path or s3:// URI.")
+    storage_path: str = Field(".pretrain/runs", description="Checkpoints: local path or s3:// URI "
+                              "(shared by all nodes on a multi-node cluster).")
+    storage_endpoint: str | None = Field(
+        None, pattern=r"^https?://[^/\s]+/?$",
+        description="Endpoint of an S3-compatible store for s3:// storage (MinIO, Ceph, ...), "
+        "e.g. http://minio:9000. None: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS. "
+        "Credentials only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
+    storage_region: str | None = Field(
+        None, description="S3 region; None: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1.")
 
 
 class CheckpointConfig(_Section):
@@ -146,6 +155,7 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
 
     @model_validator(mode="after")
     def _recipe_matches_objective(self) -> "RunConfig":
@@ -156,4 +166,14 @@ class RunConfig(_Section):
             # The recipe follows the objective unless the user picked one on purpose.
             if "recipe" not in self.augment.model_fields_set:
                 self.augment.recipe = wanted
+        return self
+
+    @model_validator(mode="after")
+    def _enough_decoded_views(self) -> "RunConfig":
+        from augment.recipes import build_recipe
+
+        needed = max(spec.source for spec in build_recipe(self.augment).views) + 1
+        if self.data.views < needed:
+            raise ValueError(f"data.views: recipe {self.augment.recipe!r} cuts views from "
+                             f"{needed} decoded views per sample; set data.views >= {needed}")
         return self

@@ -68,22 +68,35 @@ def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri:
     augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
                               output_size=cfg.data.image_size)
     state = checkpoint.TrainState(mlflow_run_id=run_id)
+    carried = []
     with reporter.restore_dir() as restored:
         if restored is not None:
             state = checkpoint.load(engine, restored)
             log.info("rank %d resumed at step %d from %s", ctx.rank, state.step, restored)
+            carried = _read_unsent(restored, ctx.rank)
     metrics = _rank0_metrics(tracking_uri, run_id, ctx.rank, cfg.tracking.system_metrics)
+    if metrics is not None:
+        metrics.enqueue(carried)  # metrics the checkpoint took along unsent: send them now
+    prober = None
+    if ctx.rank == 0 and cfg.probes.every_steps > 0:
+        from pretrain.probes.features import Preprocess
+        from pretrain.probes.hooks import OnlineProber
+
+        prober = OnlineProber(cfg.probes, Preprocess.from_info(info), ctx.device)
     try:
-        _train(cfg, ctx, plan, engine, augmenter, state, reporter, info, metrics)
+        _train(cfg, ctx, plan, engine, augmenter, state, reporter, info, metrics, prober)
     finally:
-        if metrics is not None:
-            metrics.close()
+        if metrics is not None and (lost := metrics.close()):
+            log.warning("steps %s not sent to MLflow yet; the last checkpoint carries them",
+                        lost)
     return state.step
 
 
-def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, info, metrics) -> None:
+def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, info, metrics,
+           prober) -> None:
     running = RunningMeans()
     window = _Window()
+    started = time.perf_counter()
     while state.step < plan.stop_step:
         epoch, skip = divmod(state.step, plan.steps_per_epoch)
         for batch, waited in timed_batches(epoch_batches(cfg, ctx, plan, epoch, skip)):
@@ -106,8 +119,19 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, inf
                 if ctx.rank == 0:
                     log.info(progress_line(state.step, plan.stop_step, values,
                                            cfg.data.batch_size * ctx.world_size))
+            # At the last step the full end-of-run suite follows, so the light pass is skipped.
+            if prober is not None and prober.due(state.step) and not (
+                    last and cfg.probes.enabled):
+                probe_values = prober.run(engine.module.encoder)
+                probe_values["probe/online_time_frac"] = prober.seconds / (
+                    time.perf_counter() - started)
+                log.info("step %d probes: linear %.3f, %.0f%% of training time on probes",
+                         state.step, probe_values.get("probe/linear_top1", float("nan")),
+                         100 * probe_values["probe/online_time_frac"])
+                if metrics is not None:
+                    metrics.log_metrics(state.step, probe_values)
             if state.step % cfg.checkpoint.every_steps == 0 or last:
-                _checkpoint(engine, state, reporter, info, cfg, ctx)
+                _checkpoint(engine, state, reporter, info, cfg, ctx, metrics)
 
 
 def progress_line(step: int, stop: int, values: dict[str, float], images_per_step: float) -> str:
@@ -171,7 +195,8 @@ class _Window:
         return values
 
 
-def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: WorkerContext) -> None:
+def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: WorkerContext,
+                metrics=None) -> None:
     with tempfile.TemporaryDirectory(prefix=f"pretrain-ckpt-r{ctx.rank}-") as tmp:
         out = Path(tmp)
         checkpoint.save(engine, state, out)
@@ -179,7 +204,21 @@ def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: Wo
             write_encoder(engine.module.encoder, info, out / checkpoint.ENCODER_DIR,
                           objective=cfg.objective.name, data=cfg.data.path or "synth3d",
                           run_id=state.mlflow_run_id, step=state.step)
+        if metrics is not None:
+            # Steps up to here are never re-run after a restore, so their unsent metrics must
+            # travel with the checkpoint or they would be lost with this process.
+            from pretrain.tracking.metrics import UNSENT_FILE, write_unsent
+
+            write_unsent(out / UNSENT_FILE, metrics.unsent())
         reporter.report(state.step, {"step": float(state.step)}, out)
+
+
+def _read_unsent(restored: Path, rank: int) -> list:
+    if rank != 0:
+        return []
+    from pretrain.tracking.metrics import UNSENT_FILE, read_unsent
+
+    return read_unsent(restored / UNSENT_FILE)
 
 
 def _rank0_metrics(tracking_uri: str | None, run_id: str | None, rank: int, system_metrics: bool):
@@ -187,8 +226,9 @@ def _rank0_metrics(tracking_uri: str | None, run_id: str | None, rank: int, syst
         return None
     from pretrain.tracking.metrics import MetricLogger
 
-    done = MetricLogger.last_logged_step(tracking_uri, run_id, "loss/total")
-    logger = MetricLogger(tracking_uri, run_id, skip_through_step=done)
+    # skip_through_step=None: the logger asks MLflow for the last logged step itself, in the
+    # background, so a restart during a tracking-server outage still trains.
+    logger = MetricLogger(tracking_uri, run_id, skip_through_step=None)
     if system_metrics:
         logger.start_system_metrics()
     return logger

@@ -28,7 +28,8 @@ MAX_RAYJOB_NAME = 47  # KubeRay appends suffixes for the cluster and its pods
 GPU_TAINT_KEY = "nvidia.com/gpu"
 HEAD_CPUS, HEAD_MEMORY_GIB = 2, 8
 MEMORY_GIB_PER_CPU, MEMORY_GIB_PER_GPU = 4, 16
-LABELS = {"app.kubernetes.io/name": "invariant-pretrain", "app.kubernetes.io/part-of": "invariant-pretrain"}
+LABELS = {"app.kubernetes.io/name": "invariant-pretrain",
+          "app.kubernetes.io/part-of": "invariant-pretrain"}
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

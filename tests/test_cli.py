@@ -18,7 +18,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", [
     [], ["run"], ["data"], ["data", "synth3d"], ["data", "import"], ["data", "inspect"],
-    ["export"], ["pull"], ["bench"], ["ui"],
+    ["export"], ["pull"], ["bench"], ["ui"], ["probe"], ["finetune"], ["k8s"], ["k8s", "render"],
 ])
 def test_help_on_every_command(command):
     result = cli(*command, "--help")

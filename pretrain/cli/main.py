@@ -9,12 +9,16 @@ from typing import Annotated
 import typer
 
 from pretrain.cli import data as data_cli
+from pretrain.cli import k8s as k8s_cli
 from pretrain.cli import jobs as jobs_cli
 from pretrain.cli.errors import run_cli
+from pretrain.cli.finetune import finetune
+from pretrain.cli.probe import probe
 
 app = typer.Typer(help="Self-supervised pretraining with chosen, measured invariances.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_cli.app, name="data")
+app.add_typer(k8s_cli.app, name="k8s")
 app.command()(probe)
 app.command()(finetune)
 

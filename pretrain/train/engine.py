@@ -56,9 +56,23 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
+def skip_cpu_shm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op on CPU.
+
+    DeepSpeed's comm backend compiles that C++ op the first time a CPU process initialises it
+    (about a minute on 2 cores, and again whenever compiler flags differ between processes).
+    Marking it incompatible makes DeepSpeed use the torch.distributed (gloo) collectives, so
+    nothing compiles on CPU, as with ``torch_adam``."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(module: nn.Module, cfg: RunConfig, *, total_steps: int, world_size: int,
                  device: torch.device):
     """Wrap ``module`` in a DeepSpeed engine with warmup+cosine LR over ``total_steps``."""
+    if device.type == "cpu":
+        skip_cpu_shm_build()
     module.to(device)
     groups = param_groups(module, cfg.optim.weight_decay)
     client_optimizer = None

@@ -27,7 +27,7 @@ from pretrain.export import write_encoder
 from pretrain.train import checkpoint
 from pretrain.train.engine import build_engine
 from pretrain.train.plan import TrainingPlan, plan_training
-from pretrain.train.seeding import generator_for
+from pretrain.train.seeding import derive_seed, generator_for
 from pretrain.train.step import RunningMeans, make_views, train_step
 from pretrain.encoder import build_encoder
 
@@ -103,6 +103,9 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, inf
             if state.step >= plan.stop_step:
                 break
             batch = batch.to(ctx.device)
+            # Dropout, drop-path and any other draw from torch's global generator: seeded per
+            # (seed, step, rank) so a resumed run replays the same randomness.
+            torch.manual_seed(derive_seed(cfg.seed, "step", state.step, ctx.rank))
             views = make_views(augmenter, batch, generator_for(cfg.seed, "augment", state.step,
                                                                ctx.rank))
             out = train_step(engine, views)

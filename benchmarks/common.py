@@ -1,0 +1,225 @@
+"""Shared by the benchmark scripts: train an objective in-process for a wall-clock budget, and
+describe the machine, the command and the results as markdown.
+
+Training uses the platform's own pieces (``pretrain.train.loop.build_model`` / ``epoch_batches``
+/ ``timed_batches``, ``pretrain.train.engine.build_engine``, ``pretrain.train.step``) with the
+DeepSpeed engine at world size 1, without Ray or MLflow, so a budget buys the same steps a
+``pretrain run`` would take, minus orchestration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from augment.pipeline import ViewAugmenter
+from pretrain.config.schema import RunConfig
+from pretrain.encoder import EncoderInfo
+from pretrain.train.distributed import ensure_process_group
+from pretrain.train.engine import build_engine
+from pretrain.train.loop import WorkerContext, build_model, epoch_batches, timed_batches
+from pretrain.train.plan import TrainingPlan, plan_training
+from pretrain.train.seeding import derive_seed, generator_for
+from pretrain.train.step import make_views, train_step
+
+log = logging.getLogger("benchmarks")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A budget-limited training run.
+
+    Attributes:
+        objective: the trained objective module (``objective.encoder`` is the backbone).
+        info: the encoder's description (input size, mean/std) for preprocessing probes.
+        steps: optimizer steps taken; ``planned_steps`` is the LR-schedule length the
+            calibration predicted would fit the budget.
+        samples: samples consumed by those steps (``steps x batch``; a sample may hold several
+            views, e.g. renderings of one object).
+        seconds: wall time from the start of the call (calibration and engine set-up included)
+            to the end of the last step; ``step_seconds`` the calibrated time per step.
+        data_wait_frac: share of the training loop spent waiting for the next batch.
+        last_loss: loss of the last step.
+    """
+
+    objective: nn.Module
+    info: EncoderInfo
+    steps: int
+    planned_steps: int
+    samples: int
+    seconds: float
+    step_seconds: float
+    data_wait_frac: float
+    last_loss: float
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def single_process_group(device: torch.device | None = None) -> Iterator[None]:
+    """A 1-process group (DeepSpeed needs one) for the block, destroyed after if created here."""
+    device = device or default_device()
+    created = ensure_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def endless_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan) -> Iterator:
+    """``(batch, seconds waited)`` over epoch after epoch (data order as in a real run)."""
+    epoch = 0
+    while True:
+        yield from timed_batches(epoch_batches(cfg, ctx, plan, epoch=epoch, skip=0))
+        epoch += 1
+
+
+def calibrate_step_seconds(objective: nn.Module, augmenter: ViewAugmenter, batches: Iterator,
+                           device: torch.device, seed: int, steps: int = 2) -> float:
+    """Seconds per step (wait for data + augment + forward + backward) on a throwaway copy of
+    ``objective``, over ``steps`` steps after one untimed step that pays one-off costs. The
+    optimizer update is left out (a few percent of a step), so the estimate is slightly low and
+    a run may stop at its deadline a little before its planned step count."""
+    trial = copy.deepcopy(objective).to(device).train()
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        batch, _ = next(batches)
+        views = make_views(augmenter, batch.to(device), generator_for(seed, "calibrate", i))
+        trial(views).loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sum(times[1:]) / max(steps, 1)
+
+
+def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = None,
+              calibration_steps: int = 2) -> TrainResult:
+    """Train ``cfg`` (data already prepared, see ``pretrain.run.prepare_data``) with the
+    DeepSpeed engine at world size 1 until ``seconds`` of wall time have passed (at least one
+    step). The LR schedule (and any EMA schedule) spans the number of steps the calibration
+    predicts will fit, so a run ends near the bottom of its cosine, as a real run would."""
+    started = time.perf_counter()
+    deadline = started + seconds
+    device = device or default_device()
+    ctx = WorkerContext(rank=0, world_size=1, device=device)
+    plan = plan_training(cfg, 1)
+    objective, info = build_model(cfg)
+    augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
+                              output_size=cfg.data.image_size)
+    batches = endless_batches(cfg, ctx, plan)
+    try:
+        with single_process_group(device):
+            step_s = calibrate_step_seconds(objective, augmenter, batches, device, cfg.seed,
+                                            calibration_steps)
+            planned = max(1, int((deadline - time.perf_counter()) / step_s))
+            engine = build_engine(objective, cfg, total_steps=planned, world_size=1,
+                                  device=device)
+            log.info("%s: %.2f s/step calibrated, %d steps planned in %.0f s",
+                     cfg.objective.name, step_s, planned, seconds)
+            step, waited, loop_start, out = 0, 0.0, time.perf_counter(), None
+            while step < planned and (step == 0 or time.perf_counter() < deadline):
+                batch, wait = next(batches)
+                waited += wait
+                # Same per-step seeding as pretrain.train.loop, so runs are reproducible.
+                torch.manual_seed(derive_seed(cfg.seed, "step", step, 0))
+                views = make_views(augmenter, batch.to(device),
+                                   generator_for(cfg.seed, "augment", step, 0))
+                out = train_step(engine, views)
+                engine.module.on_step_end(step, planned)
+                step += 1
+            last_loss = float(out.loss.detach()) if out is not None else float("nan")
+            loop_seconds = time.perf_counter() - loop_start
+    finally:
+        batches.close()  # ends the current DataLoader and its worker processes
+    elapsed = time.perf_counter() - started
+    log.info("%s: %d/%d steps in %.0f s, last loss %.4g", cfg.objective.name, step, planned,
+             elapsed, last_loss)
+    return TrainResult(objective=engine.module, info=info, steps=step, planned_steps=planned,
+                       samples=step * cfg.data.batch_size, seconds=elapsed, step_seconds=step_s,
+                       data_wait_frac=waited / max(loop_seconds, 1e-9), last_loss=last_loss)
+
+
+def machine_line() -> str:
+    """Cores, CPU model, torch threads and load, e.g. to judge whether the machine was quiet."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{usable} usable cores of {os.cpu_count()} ({model}){gpu}, torch "
+            f"{torch.__version__} with {torch.get_num_threads()} threads, load average {load}")
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a report (``script`` relative to the repository root)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([".venv/bin/python", script, *args])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (every row as long as ``headers``)."""
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row {row} has {len(row)} cells for {len(headers)} columns")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; '—' when missing."""
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments both benchmarks take: encoder, threads, free config overrides, output."""
+    parser.add_argument("--encoder", default="resnet18", help="timm model name")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="extra config override applied to every run "
+                        "(repeatable), e.g. --set data.num_workers=2")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the markdown report to this file")
+
+
+def configure(args: argparse.Namespace) -> None:
+    """Logging and thread count for a benchmark process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def emit(report: str, out: Path | None) -> str:
+    """Print the report and write it to ``out`` when given; returns it."""
+    print(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")
+    return report

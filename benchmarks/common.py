@@ -80,7 +80,19 @@ def single_process_group(device: torch.device | None = None) -> Iterator[None]:
         yield
     finally:
         if created:
-            torch.distributed.destroy_process_group()
+            destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Destroy the default group through DeepSpeed when it has seen it: DeepSpeed keeps a clone
+    of the world group that a plain ``torch.distributed.destroy_process_group`` leaves stale, and
+    the next engine built in this process would then fail on the unregistered clone."""
+    from deepspeed.comm import comm as ds_comm
+
+    if ds_comm.cdb is not None:
+        ds_comm.destroy_process_group()
+    else:
+        torch.distributed.destroy_process_group()
 
 
 def endless_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan) -> Iterator:

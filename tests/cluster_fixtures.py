@@ -181,22 +181,27 @@ class MlflowServer:
     argv: list[str]
     env: dict[str, str]
 
-    def start(self, services: Services) -> None:
+    def start(self, services: Services, wait: bool = True) -> None:
         services.start("mlflow", self.argv, self.env)
-        wait_until(lambda: http_ok(f"{self.uri}/health"), 120, "MLflow server")
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        wait_until(lambda: http_ok(f"{self.uri}/health"), timeout, "MLflow server")
 
     def stop(self, services: Services) -> None:
         services.stop("mlflow")
 
 
-def start_mlflow(services: Services, s3: S3Store) -> MlflowServer:
-    """``mlflow server``: SQLite backend, artifacts proxied to ``s3://<bucket>/mlartifacts``."""
+def start_mlflow(services: Services, s3: S3Store, wait: bool = True) -> MlflowServer:
+    """``mlflow server``: SQLite backend, artifacts proxied to ``s3://<bucket>/mlartifacts``
+    (``wait=False``: return at once, call ``wait_ready`` later)."""
     port = free_port()
     argv = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--backend-store-uri", f"sqlite:///{services.root / 'mlflow.db'}",
             "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"]
     server = MlflowServer(f"http://127.0.0.1:{port}", port, argv, services.env(**s3.env()))
-    server.start(services)
+    server.start(services, wait=wait)
     return server
 
 
@@ -239,9 +244,11 @@ def start_ray(services: Services, env: dict[str, str]) -> RayCluster:
     """Head (dashboard on) plus one joined node, 1 CPU each, token authentication on. Each node
     gets its own short temp dir (Ray's socket paths must stay under 108 characters)."""
     token = secrets.token_hex(16)
-    env = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               RAY_DEDUP_LOGS="0")
     gcs_port, dash_port = free_port(), free_port()
+    # RAY_ADDRESS: Ray's own helpers (e.g. Train's placement-group cleaner) otherwise look for
+    # "the" local cluster and fail when other Ray instances run on this machine.
+    env = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               RAY_DEDUP_LOGS="0", RAY_ADDRESS=f"127.0.0.1:{gcs_port}")
     ray_bin = str(VENV_BIN / "ray")
     head_tmp = Path(tempfile.mkdtemp(prefix="prh-"))
     node_tmp = Path(tempfile.mkdtemp(prefix="prn-"))

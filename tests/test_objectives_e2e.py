@@ -46,7 +46,8 @@ def _config(objective: str, tmp: Path, data: Path, name: str, *extra: str):
         "cluster.num_workers=2", "cluster.cpus_per_worker=1", "deepspeed.zero_stage=1",
         "train.epochs=1", "checkpoint.every_steps=1", "tracking.log_every_steps=1",
         "tracking.system_metrics=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        f"cluster.storage_path={tmp / 'runs'}", "registry.enabled=false", *extra])
+        f"cluster.storage_path={tmp / 'runs'}", "registry.enabled=false",
+        "probes.enabled=false", *extra])
 
 
 def _final_state(storage: Path) -> dict[str, torch.Tensor]:

@@ -73,9 +73,14 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _client(address: str | None, token_file: Path | None, config_address: str | None = None):
+    import logging
+
     from cluster.auth import resolve_token
     from cluster.jobs import JobsClient, resolve_address
 
+    # Ray's SDK narrates uploads and websocket closes at INFO; we print what matters ourselves.
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return JobsClient(resolve_address(address, config_address), resolve_token(token_file))
 
 

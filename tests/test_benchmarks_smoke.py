@@ -1,0 +1,112 @@
+"""Smoke runs of the benchmark scripts: tiny data, ``test_resnet``, a budget of about a second
+per run. They check that each script trains, probes and prints its table, not the numbers."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pretrain.data.writer import ShardSetWriter
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import cifar10_linear, fidelity  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _table(report: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    """Header cells and body rows of the markdown table whose first column is ``first_header``."""
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:]]
+    assert set("".join(cells[1])) <= {"-"}, "second line must be the separator"
+    return cells[0], cells[2:]
+
+
+def _fraction(cell: str) -> float:
+    assert cell.endswith("%"), cell
+    return float(cell[:-1]) / 100
+
+
+def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
+    out = tmp_path / "fidelity.md"
+    report = fidelity.main([
+        "--minutes-per-objective", "0.02", "--encoder", "test_resnet", "--batch-size", "8",
+        "--probe-objects", "24", "--probe", "mlp_steps=40", "--probe", "linear_max_iter=30",
+        "--set", "data.synth3d.classes=4", "--set", "data.synth3d.instances_per_class=4",
+        "--set", "data.synth3d.views=4", "--set", f"data.cache_dir={tmp_path / 'data'}",
+        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=8", "--out", str(out)])
+    assert out.read_text() == report + "\n"
+    headers, rows = _table(report, "objective")
+    assert headers == list(fidelity.HEADERS)
+    names = [r[0] for r in rows]
+    assert names == ["vicreg", "simclr", "essl", "care", "sie", "sie [invariant part, dims 0-47]",
+                     "sie [equivariant part, dims 48-95]", "seq_jepa", "seq_jepa_no_action"]
+    col = {h: i for i, h in enumerate(headers)}
+    for row in rows:
+        assert 0.0 <= _fraction(row[col["class top-1"]]) <= 1.0
+        float(row[col["rot R² MLP"]])  # a number for every row, SIE's parts included
+        if "[" in row[0]:
+            assert row[col["4-rot acc"]] == "—" and row[col["steps (planned)"]] == "—"
+        else:
+            done, planned = map(int, re.fullmatch(r"(\d+) \((\d+)\)",
+                                                  row[col["steps (planned)"]]).groups())
+            assert done >= 1 and planned >= 1
+            assert int(row[col["samples"]]) == 8 * done
+            assert 0.0 <= _fraction(row[col["4-rot acc"]]) <= 1.0
+            float(row[col["hue R² MLP"]])
+    claims = [line for line in report.splitlines() if line.startswith("- ") and "**" in line]
+    assert len(claims) == 10
+    assert all(re.search(r"\*\*(yes|no|n/a)\*\*", c) for c in claims)
+    assert "its base (simclr)" in report  # essl-synth3d.yaml's base
+    assert "budget: 0.02 min" in report and "command: `" in report and "cores" in report
+
+
+def _tiny_cifar(folder: Path, classes: int = 3) -> None:
+    """CIFAR-10-shaped shards (32 px JPEG + class) whose classes differ in mean colour."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 216, size=(classes, 3))
+    for prefix, n in (("train", 48), ("test", 24)):
+        with ShardSetWriter(folder / prefix, shard_size=32, prefix=prefix) as writer:
+            for i in range(n):
+                label = i % classes
+                pixels = np.clip(colours[label] + rng.normal(0, 30, (32, 32, 3)), 0, 255)
+                buf = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG")
+                writer.write(f"{prefix}{i:05d}", {"jpg": buf.getvalue(), "cls": str(label).encode()})
+    for shard in (folder / "train").glob("*.tar"):
+        shard.rename(folder / shard.name)
+    for shard in (folder / "test").glob("*.tar"):
+        shard.rename(folder / shard.name)
+
+
+def test_cifar10_linear_main_prints_the_three_representations(tmp_path):
+    _tiny_cifar(tmp_path)
+    report = cifar10_linear.main([
+        "--minutes", "0.02", "--encoder", "test_resnet", "--batch-size", "16",
+        "--data-dir", str(tmp_path), "--weight-decays", "1e-3", "--probe-max-iter", "30",
+        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16",
+        "--set", "objective.vicreg.expander_dims=[64,64]"])
+    headers, rows = _table(report, "representation")
+    assert headers == list(cifar10_linear.HEADERS)
+    assert [r[0] for r in rows] == ["VICReg pretrained (0.02 min)", "same architecture, random init",
+                                    "raw pixels (flattened, standardised)"]
+    assert [r[1] for r in rows] == ["96", "96", "3072"]
+    for row in rows:
+        assert 0.0 <= _fraction(row[2]) <= 1.0
+        assert float(row[3]) == 1e-3
+    # Colour separates the classes exactly, so pixels must be perfect on the test split.
+    assert _fraction(rows[2][2]) == 1.0
+    steps, planned = map(int, re.search(r"(\d+) steps \((\d+) planned", report).groups())
+    assert steps >= 1 and planned >= 1
+    assert f"{16 * steps} images" in report
+    assert "48 train / 24 test images" in report

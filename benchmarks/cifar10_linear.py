@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import (REPO, add_common_arguments, command_line, configure,
+from benchmarks.common import (REPO, TrainResult, add_common_arguments, command_line, configure,
                                default_device, emit, machine_line, markdown_table, pct,
                                train_for)
 from pretrain.config import load_config
@@ -42,6 +42,8 @@ HEADERS = ("representation", "dims", "linear top-1 (test)", "L2 selected", "prob
 
 @dataclass(frozen=True)
 class ProbeRow:
+    """One representation's line: test top-1, the L2 penalty chosen, probe wall time."""
+
     name: str
     dims: int
     top1: float
@@ -51,7 +53,7 @@ class ProbeRow:
     def cells(self) -> list[str]:
         return [self.name, str(self.dims), pct(self.top1),
                 "—" if self.weight_decay is None else f"{self.weight_decay:g}",
-                "—" if self.seconds is None else f"{self.seconds:.0f}"]
+                "—" if self.seconds is None else f"{self.seconds:.1f}"]
 
 
 def split_shards(data_dir: Path) -> tuple[list[str], list[str]]:
@@ -66,13 +68,15 @@ def split_shards(data_dir: Path) -> tuple[list[str], list[str]]:
 def pretrain_config(args: argparse.Namespace) -> RunConfig:
     """``configs/vicreg-cifar10.yaml`` on the train shards with the benchmark's settings."""
     return load_config(REPO / "configs" / "vicreg-cifar10.yaml", [
-        "name=cifar10-linear", f"data.path={args.data_dir.resolve() / 'train-*.tar'}", f"encoder.model={args.encoder}",
+        "name=cifar10-linear", f"data.path={args.data_dir.resolve() / 'train-*.tar'}",
+        f"encoder.model={args.encoder}",
         f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
         *args.overrides])
 
 
 def probe(name: str, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
           args: argparse.Namespace) -> ProbeRow:
+    """The linear probe (``pretrain.probes.linear``) on one representation, timed."""
     start = time.perf_counter()
     result = linear_probe(train_x, train_y, test_x, test_y, weight_decays=args.weight_decays,
                           max_iter=args.probe_max_iter)
@@ -100,8 +104,10 @@ def probe_pixels(data: ProbeSet, args: argparse.Namespace) -> ProbeRow:
                  data.labels[te], args)
 
 
-def format_report(rows: list[ProbeRow], cfg: RunConfig, result, data: ProbeSet,
-                  args: argparse.Namespace, device: torch.device, argv: Sequence[str] | None) -> str:
+def format_report(rows: list[ProbeRow], cfg: RunConfig, result: TrainResult, data: ProbeSet,
+                  args: argparse.Namespace, device: torch.device,
+                  argv: Sequence[str] | None) -> str:
+    """Budget, probe method, machine, command and the table, as markdown."""
     n_train, n_test = int(data.train.sum()), int((~data.train).sum())
     lines = [
         "## CIFAR-10 linear probe on frozen features", "",
@@ -124,7 +130,7 @@ def format_report(rows: list[ProbeRow], cfg: RunConfig, result, data: ProbeSet,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="pretraining wall clock")
     parser.add_argument("--image-size", type=int, default=32)

@@ -28,10 +28,10 @@ from torch import nn
 from augment.pipeline import ViewAugmenter
 from pretrain.config.schema import RunConfig
 from pretrain.encoder import EncoderInfo
-from pretrain.train.distributed import ensure_process_group
+from pretrain.train.distributed import single_process_group as _single_process_group
 from pretrain.train.engine import build_engine
-from pretrain.train.loop import WorkerContext, build_model, epoch_batches, timed_batches
-from pretrain.train.plan import TrainingPlan, plan_training
+from pretrain.train.loop import WorkerContext, build_model, endless_batches
+from pretrain.train.plan import plan_training
 from pretrain.train.seeding import derive_seed, generator_for
 from pretrain.train.step import make_views, train_step
 
@@ -68,39 +68,14 @@ class TrainResult:
 
 
 def default_device() -> torch.device:
+    """The GPU when there is one (timings then are not a CPU budget), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@contextlib.contextmanager
-def single_process_group(device: torch.device | None = None) -> Iterator[None]:
+def single_process_group(device: torch.device | None = None):
     """A 1-process group (DeepSpeed needs one) for the block, destroyed after if created here."""
     device = device or default_device()
-    created = ensure_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield
-    finally:
-        if created:
-            destroy_process_group()
-
-
-def destroy_process_group() -> None:
-    """Destroy the default group through DeepSpeed when it has seen it: DeepSpeed keeps a clone
-    of the world group that a plain ``torch.distributed.destroy_process_group`` leaves stale, and
-    the next engine built in this process would then fail on the unregistered clone."""
-    from deepspeed.comm import comm as ds_comm
-
-    if ds_comm.cdb is not None:
-        ds_comm.destroy_process_group()
-    else:
-        torch.distributed.destroy_process_group()
-
-
-def endless_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan) -> Iterator:
-    """``(batch, seconds waited)`` over epoch after epoch (data order as in a real run)."""
-    epoch = 0
-    while True:
-        yield from timed_batches(epoch_batches(cfg, ctx, plan, epoch=epoch, skip=0))
-        epoch += 1
+    return _single_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def calibrate_step_seconds(objective: nn.Module, augmenter: ViewAugmenter, batches: Iterator,
@@ -181,7 +156,7 @@ def machine_line() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (f"{usable} usable cores of {os.cpu_count()} ({model}){gpu}, torch "
-            f"{torch.__version__} with {torch.get_num_threads()} threads, load average {load}")
+            f"{torch.__version__}, {torch.get_num_threads()} torch threads, load average {load}")
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:
@@ -206,6 +181,7 @@ def pct(value: float | None) -> str:
 
 
 def num(value: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; '—' when missing."""
     return "—" if value is None else f"{value:.{digits}f}"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class Row:
     rankme: float | None = None
 
     def cells(self) -> list[str]:
+        """Table cells: percentages for accuracies, 3 decimals for R², '—' where missing."""
         return [self.name, self.steps, self.samples, pct(self.top1), num(self.rot_ridge),
                 num(self.rot_mlp), num(self.rot_mlp_sie), num(self.hue_ridge),
                 num(self.hue_mlp), pct(self.rot4), num(self.rankme, 1)]
@@ -96,7 +97,8 @@ def run_config(name: str, args: argparse.Namespace) -> RunConfig:
               f"data.synth3d.size={size}"]
     if args.batch_size is not None:
         shared.append(f"data.batch_size={args.batch_size}")
-    return load_config(REPO / "configs" / f"{stem}-synth3d.yaml", [*shared, *extra, *args.overrides])
+    return load_config(REPO / "configs" / f"{stem}-synth3d.yaml",
+                       [*shared, *extra, *args.overrides])
 
 
 def check_same_setting(configs: dict[str, RunConfig]) -> None:
@@ -167,73 +169,64 @@ def evaluate(name: str, result: TrainResult, probe_set: ProbeSet, cfg: ProbesCon
     return rows
 
 
-def _claim(text: str, ok: bool | None, detail: str) -> str:
+def claim(text: str, values: Sequence[float | None],
+          test: Callable[..., bool | None], detail: Callable[..., str]) -> str:
+    """``- text: **yes|no|n/a** (detail)``; n/a when a row was not run or ``test`` gives None."""
+    if any(v is None for v in values):
+        return f"- {text}: **n/a** (not run)"
+    ok = test(*values)
     verdict = "n/a" if ok is None else ("yes" if ok else "no")
-    return f"- {text}: **{verdict}** ({detail})"
+    return f"- {text}: **{verdict}** ({detail(*values)})"
 
 
 def paper_checks(rows: dict[str, Row], essl_base: str) -> list[str]:
     """The issue's claims, checked on the MLP read-out R² (scikit-learn estimator) and the
-    class linear probe; a claim whose rows were not run reads n/a."""
+    class linear probe, as measured."""
     def get(name: str, field: str) -> float | None:
         row = rows.get(name)
         return None if row is None else getattr(row, field)
 
-    out = []
+    def part(label: str) -> str:
+        return next((k for k in rows if k.startswith(f"sie [{label} part")), "")
+
     vic_rot, vic_top1 = get("vicreg", "rot_mlp"), get("vicreg", "top1")
+    out = []
     for name, label in (("sie", "SIE"), ("seq_jepa", "seq-JEPA")):
-        rot, top1 = get(name, "rot_mlp"), get(name, "top1")
-        if None in (rot, vic_rot):
-            out.append(_claim(f"{label} rotation R² − VICReg rotation R² >= 0.15", None, "not run"))
-        else:
-            out.append(_claim(f"{label} rotation R² − VICReg rotation R² >= 0.15",
-                              rot - vic_rot >= 0.15, f"{rot:.3f} − {vic_rot:.3f} = {rot - vic_rot:+.3f}"))
-        if None in (top1, vic_top1):
-            out.append(_claim(f"{label} class top-1 >= VICReg's − 5 points", None, "not run"))
-        else:
-            out.append(_claim(f"{label} class top-1 >= VICReg's − 5 points",
-                              top1 >= vic_top1 - 0.05, f"{pct(top1)} vs {pct(vic_top1)}"))
-    seq, noact = get("seq_jepa", "rot_mlp"), get("seq_jepa_no_action", "rot_mlp")
-    text = "seq-JEPA without actions loses at least half of its rotation-R² advantage over VICReg"
-    if None in (seq, noact, vic_rot):
-        out.append(_claim(text, None, "not run"))
-    elif seq - vic_rot <= 0:
-        out.append(_claim(text, None, f"no advantage to lose: seq-JEPA {seq:.3f}, VICReg "
-                                      f"{vic_rot:.3f}, without actions {noact:.3f}"))
-    else:
-        out.append(_claim(text, noact - vic_rot <= (seq - vic_rot) / 2,
-                          f"advantage {seq - vic_rot:+.3f} with actions, {noact - vic_rot:+.3f} without"))
-    inv, equi = rows.get(next((k for k in rows if "[invariant" in k), "")), rows.get(
-        next((k for k in rows if "[equivariant" in k), ""))
-    if inv is None or equi is None:
-        out += [_claim("SIE invariant part classifies better than its equivariant part", None, "not run"),
-                _claim("SIE equivariant part predicts rotation better than its invariant part", None,
-                       "not run")]
-    else:
-        out.append(_claim("SIE invariant part classifies better than its equivariant part",
-                          inv.top1 > equi.top1, f"{pct(inv.top1)} vs {pct(equi.top1)}"))
-        out.append(_claim("SIE equivariant part predicts rotation better than its invariant part",
-                          equi.rot_mlp > inv.rot_mlp, f"R² {equi.rot_mlp:.3f} vs {inv.rot_mlp:.3f}"))
-    rot4, base_rot4 = get("essl", "rot4"), get(essl_base, "rot4")
-    top1, base_top1 = get("essl", "top1"), get(essl_base, "top1")
-    if None in (rot4, base_rot4, top1, base_top1):
-        out += [_claim(f"E-SSL 4-rotation accuracy >= its base ({essl_base})'s + 20 points", None,
-                       "not run"),
-                _claim(f"E-SSL class top-1 >= its base ({essl_base})'s − 2 points", None, "not run")]
-    else:
-        out.append(_claim(f"E-SSL 4-rotation accuracy >= its base ({essl_base})'s + 20 points",
-                          rot4 >= base_rot4 + 0.20, f"{pct(rot4)} vs {pct(base_rot4)}"))
-        out.append(_claim(f"E-SSL class top-1 >= its base ({essl_base})'s − 2 points",
-                          top1 >= base_top1 - 0.02, f"{pct(top1)} vs {pct(base_top1)}"))
-    care, simclr = get("care", "hue_mlp"), get("simclr", "hue_mlp")
-    text = "CARE hue R² > SimCLR's (paper: hue shift on CIFAR-10; here: object hue on synth3d)"
-    out.append(_claim(text, None if None in (care, simclr) else care > simclr,
-                      "not run" if None in (care, simclr) else f"{care:.3f} vs {simclr:.3f}"))
+        out.append(claim(f"{label} rotation R² − VICReg rotation R² >= 0.15",
+                         (get(name, "rot_mlp"), vic_rot), lambda r, v: r - v >= 0.15,
+                         lambda r, v: f"{r:.3f} − {v:.3f} = {r - v:+.3f}"))
+        out.append(claim(f"{label} class top-1 >= VICReg's − 5 points",
+                         (get(name, "top1"), vic_top1), lambda t, v: t >= v - 0.05,
+                         lambda t, v: f"{pct(t)} vs {pct(v)}"))
+    # n/a when seq-JEPA has no advantage over VICReg to lose.
+    out.append(claim(
+        "seq-JEPA without actions loses at least half of its rotation-R² advantage over VICReg",
+        (get("seq_jepa", "rot_mlp"), get("seq_jepa_no_action", "rot_mlp"), vic_rot),
+        lambda s, n, v: None if s - v <= 0 else n - v <= (s - v) / 2,
+        lambda s, n, v: f"advantage {s - v:+.3f} with actions, {n - v:+.3f} without"))
+    inv, equi = part("invariant"), part("equivariant")
+    out.append(claim("SIE invariant part classifies better than its equivariant part",
+                     (get(inv, "top1"), get(equi, "top1")), lambda i, e: i > e,
+                     lambda i, e: f"{pct(i)} vs {pct(e)}"))
+    out.append(claim("SIE equivariant part predicts rotation better than its invariant part",
+                     (get(equi, "rot_mlp"), get(inv, "rot_mlp")), lambda e, i: e > i,
+                     lambda e, i: f"R² {e:.3f} vs {i:.3f}"))
+    out.append(claim(f"E-SSL 4-rotation accuracy >= its base ({essl_base})'s + 20 points",
+                     (get("essl", "rot4"), get(essl_base, "rot4")), lambda e, b: e >= b + 0.20,
+                     lambda e, b: f"{pct(e)} vs {pct(b)}"))
+    out.append(claim(f"E-SSL class top-1 >= its base ({essl_base})'s − 2 points",
+                     (get("essl", "top1"), get(essl_base, "top1")), lambda e, b: e >= b - 0.02,
+                     lambda e, b: f"{pct(e)} vs {pct(b)}"))
+    out.append(claim("CARE hue R² > SimCLR's (paper: hue shift on CIFAR-10; here: object hue "
+                     "on synth3d)", (get("care", "hue_mlp"), get("simclr", "hue_mlp")),
+                     lambda c, s: c > s, lambda c, s: f"{c:.3f} vs {s:.3f}"))
     return out
 
 
 def format_report(rows: list[Row], checks: list[str], cfg: RunConfig, pcfg: ProbesConfig,
-                  args: argparse.Namespace, device: torch.device, argv: Sequence[str] | None) -> str:
+                  args: argparse.Namespace, device: torch.device,
+                  argv: Sequence[str] | None) -> str:
+    """Budget, setting, probe method, machine, command, table and claims, as markdown."""
     s = cfg.data.synth3d
     lines = [
         "## Fidelity table: synthetic 3D objects, probed on held-out objects", "",
@@ -259,7 +252,7 @@ def format_report(rows: list[Row], checks: list[str], cfg: RunConfig, pcfg: Prob
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes-per-objective", type=float, default=3.0)
     parser.add_argument("--image-size", type=int, default=32,

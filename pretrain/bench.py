@@ -18,8 +18,8 @@ import torch
 from augment.pipeline import ViewAugmenter
 from pretrain.config.schema import RunConfig
 from pretrain.train.engine import build_engine
-from pretrain.train.distributed import ensure_process_group
-from pretrain.train.loop import WorkerContext, epoch_batches, timed_batches, build_model
+from pretrain.train.distributed import single_process_group
+from pretrain.train.loop import WorkerContext, build_model, endless_batches, epoch_batches
 from pretrain.train.plan import plan_training
 from pretrain.train.seeding import generator_for
 from pretrain.train.step import make_views, train_step
@@ -55,8 +55,7 @@ def run_bench(cfg: RunConfig, steps: int = 20, warmup: int = 3) -> BenchResult:
     cfg = prepare_data(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = WorkerContext(rank=0, world_size=1, device=device)
-    created = ensure_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
+    with single_process_group("nccl" if device.type == "cuda" else "gloo"):
         plan = plan_training(cfg, 1)
         total = warmup + steps
         objective, info = build_model(cfg)
@@ -76,12 +75,9 @@ def run_bench(cfg: RunConfig, steps: int = 20, warmup: int = 3) -> BenchResult:
             train_step(engine, make_views(augmenter, batch.to(device),
                                           generator_for(cfg.seed, "augment", i, 0)))
 
-        timed = timed_batches(_cycle_epochs(cfg, ctx, plan))
+        timed = endless_batches(cfg, ctx, plan)
         e2e = _time_steps(e2e_step, warmup, steps, device, cfg.data.batch_size)
         wait_frac = sum(waits[warmup:]) / (steps * cfg.data.batch_size / e2e)
-    finally:
-        if created:
-            torch.distributed.destroy_process_group()
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     return BenchResult(model=cfg.encoder.model, objective=cfg.objective.name,
@@ -89,13 +85,6 @@ def run_bench(cfg: RunConfig, steps: int = 20, warmup: int = 3) -> BenchResult:
                        device=str(device), threads=torch.get_num_threads(), plain_img_s=plain,
                        compute_img_s=compute, end_to_end_img_s=e2e, data_wait_frac=wait_frac,
                        peak_rss_mib=rss)
-
-
-def _cycle_epochs(cfg, ctx, plan):
-    epoch = 0
-    while True:
-        yield from epoch_batches(cfg, ctx, plan, epoch=epoch, skip=0)
-        epoch += 1
 
 
 def _plain_loop(model, cfg: RunConfig, views, warmup: int, steps: int) -> float:

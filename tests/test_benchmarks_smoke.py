@@ -1,5 +1,7 @@
-"""Smoke runs of the benchmark scripts: tiny data, ``test_resnet``, a budget of about a second
-per run. They check that each script trains, probes and prints its table, not the numbers."""
+"""Smoke runs of the benchmark scripts (marked slow): tiny data, ``test_resnet``, a budget of
+about a second per run; they check that each script trains, probes and prints its table, not
+the numbers. One torch thread: on a shared 2-core machine more threads mostly spin.
+Plus fast checks of the claim verdicts and the quoted raw-pixel figure."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pretrain.data.writer import ShardSetWriter
@@ -20,7 +23,13 @@ if str(REPO) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
 
 from benchmarks import cifar10_linear, fidelity  # noqa: E402
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The scripts set torch's thread count (``--threads``); later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _table(report: str, first_header: str) -> tuple[list[str], list[list[str]]]:
@@ -37,6 +46,7 @@ def _fraction(cell: str) -> float:
     return float(cell[:-1]) / 100
 
 
+@pytest.mark.slow
 def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
     out = tmp_path / "fidelity.md"
     report = fidelity.main([
@@ -44,7 +54,8 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
         "--probe-objects", "24", "--probe", "mlp_steps=40", "--probe", "linear_max_iter=30",
         "--set", "data.synth3d.classes=4", "--set", "data.synth3d.instances_per_class=4",
         "--set", "data.synth3d.views=4", "--set", f"data.cache_dir={tmp_path / 'data'}",
-        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=8", "--out", str(out)])
+        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=8", "--threads", "1",
+        "--out", str(out)])
     assert out.read_text() == report + "\n"
     headers, rows = _table(report, "objective")
     assert headers == list(fidelity.HEADERS)
@@ -82,23 +93,26 @@ def _tiny_cifar(folder: Path, classes: int = 3) -> None:
                 pixels = np.clip(colours[label] + rng.normal(0, 30, (32, 32, 3)), 0, 255)
                 buf = io.BytesIO()
                 Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG")
-                writer.write(f"{prefix}{i:05d}", {"jpg": buf.getvalue(), "cls": str(label).encode()})
+                writer.write(f"{prefix}{i:05d}",
+                             {"jpg": buf.getvalue(), "cls": str(label).encode()})
     for shard in (folder / "train").glob("*.tar"):
         shard.rename(folder / shard.name)
     for shard in (folder / "test").glob("*.tar"):
         shard.rename(folder / shard.name)
 
 
+@pytest.mark.slow
 def test_cifar10_linear_main_prints_the_three_representations(tmp_path):
     _tiny_cifar(tmp_path)
     report = cifar10_linear.main([
         "--minutes", "0.02", "--encoder", "test_resnet", "--batch-size", "16",
         "--data-dir", str(tmp_path), "--weight-decays", "1e-3", "--probe-max-iter", "30",
         "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16",
-        "--set", "objective.vicreg.expander_dims=[64,64]"])
+        "--set", "objective.vicreg.expander_dims=[64,64]", "--threads", "1"])
     headers, rows = _table(report, "representation")
     assert headers == list(cifar10_linear.HEADERS)
-    assert [r[0] for r in rows] == ["VICReg pretrained (0.02 min)", "same architecture, random init",
+    assert [r[0] for r in rows] == ["VICReg pretrained (0.02 min)",
+                                    "same architecture, random init",
                                     "raw pixels (flattened, standardised)"]
     assert [r[1] for r in rows] == ["96", "96", "3072"]
     for row in rows:
@@ -110,3 +124,40 @@ def test_cifar10_linear_main_prints_the_three_representations(tmp_path):
     assert steps >= 1 and planned >= 1
     assert f"{16 * steps} images" in report
     assert "48 train / 24 test images" in report
+
+
+def _row(name: str, **metrics: float) -> "fidelity.Row":
+    values = dict(top1=None, rot_ridge=None, rot_mlp=None, rot_mlp_sie=None) | metrics
+    return fidelity.Row(name=name, steps="1 (1)", samples="8", **values)
+
+
+def test_paper_checks_read_the_claims_off_hand_made_rows():
+    rows = [_row("vicreg", top1=0.80, rot_mlp=0.20), _row("simclr", top1=0.70, rot4=0.30,
+                                                          hue_mlp=0.40),
+            _row("essl", top1=0.69, rot4=0.49), _row("care", hue_mlp=0.35),
+            _row("sie", top1=0.74, rot_mlp=0.36),  # +0.16 R², 6 points below VICReg
+            _row("sie [invariant part, dims 0-255]", top1=0.70, rot_mlp=0.10),
+            _row("sie [equivariant part, dims 256-511]", top1=0.60, rot_mlp=0.40),
+            _row("seq_jepa", top1=0.76, rot_mlp=0.34), _row("seq_jepa_no_action", rot_mlp=0.28)]
+    verdicts = [re.search(r"\*\*(\S+)\*\*", c).group(1)
+                for c in fidelity.paper_checks({r.name: r for r in rows}, "simclr")]
+    # SIE R², SIE top-1, seq R², seq top-1, no-action (0.08 of a 0.14 advantage kept), SIE
+    # parts class, SIE parts rotation, E-SSL 4-rot (+19 points), E-SSL top-1 (-1), CARE hue.
+    assert verdicts == ["yes", "no", "no", "yes", "no", "yes", "yes", "no", "yes", "no"]
+    without = fidelity.paper_checks({r.name: r for r in rows if r.name != "vicreg"}, "simclr")
+    assert sum("**n/a** (not run)" in c for c in without) == 5  # the claims relative to VICReg
+    slower = {r.name: r for r in rows} | {"seq_jepa": _row("seq_jepa", top1=0.8, rot_mlp=0.1)}
+    assert "**n/a**" in fidelity.paper_checks(slower, "simclr")[4]  # no advantage to lose
+
+
+def test_pixels_quote_reports_the_published_figure():
+    from argparse import Namespace
+
+    from pretrain.probes.probeset import ProbeSet
+
+    data = ProbeSet(images=torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+                    labels=torch.tensor([0, 1, 0, 1]),
+                    train=torch.tensor([True, True, False, False]))
+    row = cifar10_linear.probe_pixels(data, Namespace(pixels="quote"))
+    assert row.top1 == cifar10_linear.PUBLISHED_PIXELS and row.dims == 3072
+    assert "published" in row.cells()[0] and row.cells()[3] == "—"

@@ -9,7 +9,7 @@ import torch
 
 from augment.pipeline import ViewAugmenter
 from pretrain.config import load_config
-from pretrain.train.distributed import ensure_process_group
+from pretrain.train.distributed import single_process_group
 from pretrain.train.engine import build_engine
 from pretrain.train.loop import build_model
 from pretrain.train.optim import param_groups
@@ -23,10 +23,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    created = ensure_process_group()
-    yield
-    if created:
-        torch.distributed.destroy_process_group()
+    with single_process_group():
+        yield
 
 
 def _setup(*overrides: str):

@@ -3,7 +3,6 @@ checkpoints -> MLflow (SQLite) -> registry -> pull, plus resume and bad-input st
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 
 import torch.distributed as dist
 
@@ -27,3 +29,26 @@ def ensure_process_group(backend: str = "gloo") -> bool:
     os.environ.setdefault("WORLD_SIZE", "1")
     dist.init_process_group(backend, rank=0, world_size=1)
     return True
+
+
+def destroy_process_group() -> None:
+    """Destroy the default group through DeepSpeed when it has seen it: DeepSpeed keeps a clone
+    of the world group that a plain ``torch.distributed.destroy_process_group`` leaves stale, and
+    the next engine built in this process would then fail on the unregistered clone."""
+    from deepspeed.comm import comm as ds_comm
+
+    if ds_comm.cdb is not None:
+        ds_comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def single_process_group(backend: str = "gloo") -> Iterator[None]:
+    """A 1-process group for the block (DeepSpeed needs one), destroyed after if created here."""
+    created = ensure_process_group(backend)
+    try:
+        yield
+    finally:
+        if created:
+            destroy_process_group()

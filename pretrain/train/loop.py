@@ -159,6 +159,15 @@ def epoch_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan, epoch:
     return iter(loader)
 
 
+def endless_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan) -> Iterator:
+    """``(batch, seconds waited)`` over epoch after epoch, in a real run's data order (for
+    benchmarks that train for a time budget instead of a step count)."""
+    epoch = 0
+    while True:
+        yield from timed_batches(epoch_batches(cfg, ctx, plan, epoch=epoch, skip=0))
+        epoch += 1
+
+
 def timed_batches(batches: Iterator) -> Iterator:
     """Yield (batch, seconds spent waiting for it)."""
     while True:

@@ -58,7 +58,8 @@ def s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem
 def storage_uri(storage_path: str) -> str:
     """``storage_path`` in the form shown to users: an absolute local path or a URI."""
     if "://" in storage_path:
-        return storage_path.rstrip("/")
+        scheme, _, rest = storage_path.partition("://")
+        return f"{scheme}://{rest.rstrip('/')}"
     return str(Path(storage_path).expanduser().resolve())
 
 

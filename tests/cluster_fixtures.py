@@ -113,6 +113,8 @@ class Services:
                 pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self.pids():
+            for proc in self.sessions.values():
+                proc.poll()  # reap exited leaders, or their zombies count as alive
             time.sleep(0.5)
         _terminate(self.pids(), 5.0)
         for proc in self.sessions.values():

@@ -3,7 +3,6 @@ on loopback by the test), with credentials only from the environment."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest

@@ -75,11 +75,14 @@ def _one_line_errors() -> Iterator[None]:
 def _client(address: str | None, token_file: Path | None, config_address: str | None = None):
     import logging
 
+    import ray.job_submission  # noqa: F401  (its import sets its loggers to INFO; undone below)
+
     from cluster.auth import resolve_token
     from cluster.jobs import JobsClient, resolve_address
 
     # Ray's SDK narrates uploads and websocket closes at INFO; we print what matters ourselves.
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return JobsClient(resolve_address(address, config_address), resolve_token(token_file))
 
@@ -111,16 +114,19 @@ def _follow(client, job_id: str) -> None:
             bar = stack.enter_context(Bar(TextColumn("{task.description}"), BarColumn(),
                                           MofNCompleteColumn(), console=Console(stderr=True)))
             task = bar.add_task("training", total=None)
-        for line in client.follow(job_id):
-            typer.echo(line)
-            progress = parse_progress(line)
-            if progress is None:
-                continue
-            if bar is not None:
-                bar.update(task, completed=progress.step, total=progress.total,
-                           description=progress.line().removeprefix("progress: "))
-            else:
-                typer.echo(progress.line(), err=True)
+        try:
+            for line in client.follow(job_id):
+                typer.echo(line)
+                progress = parse_progress(line)
+                if progress is None:
+                    continue
+                if bar is not None:
+                    bar.update(task, completed=progress.step, total=progress.total,
+                               description=progress.line().removeprefix("progress: "))
+                else:
+                    typer.echo(progress.line(), err=True)
+        except KeyboardInterrupt:
+            fail(f"stopped following; job {job_id} goes on (pretrain stop {job_id} ends it)", 130)
     info = client.info(job_id)
     status = str(info.status)
     if status not in _FOLLOW_EXIT:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,9 +16,29 @@ from pretrain.tracking.runs import resolve_tracking_uri
 from pretrain.train import checkpoint as ckpt
 
 
-def latest_checkpoint(storage: str) -> str:
-    """Path (in ``storage``'s filesystem) of the newest checkpoint that holds an encoder."""
-    fs, root = pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage)))
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _filesystem(storage: str, endpoint: str | None) -> tuple[pafs.FileSystem, str]:
+    if storage.startswith("s3://"):
+        from cluster.storage import first_env, s3_filesystem, ENDPOINT_ENV
+
+        return (s3_filesystem(endpoint or first_env(ENDPOINT_ENV, os.environ), None),
+                storage.removeprefix("s3://").rstrip("/"))
+    return pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage)))
+
+
+def latest_checkpoint(storage: str, endpoint: str | None = None) -> str:
+    """Path (in ``storage``'s filesystem) of the checkpoint Ray registered last; folders Ray never
+    registered (an interrupted upload) are ignored. Without Ray's snapshot: the newest folder
+    that holds an encoder."""
+    fs, root = _filesystem(storage, endpoint)
+    snapshot = fs.get_file_info(f"{root}/{SNAPSHOT}")
+    if snapshot.type == pafs.FileType.File:
+        with fs.open_input_stream(f"{root}/{SNAPSHOT}") as handle:
+            latest = json.loads(handle.read()).get("latest_checkpoint_result") or {}
+        if latest.get("checkpoint_dir_name"):
+            return f"{root}/{latest['checkpoint_dir_name']}"
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted(i.base_name for i in infos
                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
@@ -35,8 +57,10 @@ def export_run(run_id: str, *, name: str | None = None, alias: str | None = None
     if not storage:
         raise ExportError(f"run {run_id} has no pretrain.storage tag (not a pretraining run?)")
     name = name or run.data.params.get("registry.name") or "invariant-encoder"
-    fs, _ = pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage)))
-    source = f"{latest_checkpoint(storage)}/{ckpt.ENCODER_DIR}"
+    endpoint = run.data.params.get("cluster.storage_endpoint")
+    endpoint = None if endpoint in (None, "None") else endpoint
+    fs, _ = _filesystem(storage, endpoint)
+    source = f"{latest_checkpoint(storage, endpoint)}/{ckpt.ENCODER_DIR}"
     with tempfile.TemporaryDirectory() as tmp:
         pafs.copy_files(source, tmp, source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())

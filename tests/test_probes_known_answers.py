@@ -19,12 +19,7 @@ from pretrain.probes.suite import run_probe_suite, transform_metrics
 from pretrain.probes.transforms import _render, apply_transform
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def probe(encoder, images, n_train, transforms):

@@ -15,13 +15,7 @@ from pretrain.probes.knn import knn_predict, knn_top1
 from pretrain.probes.linear import linear_probe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine is shared: small ops on two contended threads spin far slower than on one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cos(a, b) -> float:

@@ -6,7 +6,6 @@ import math
 
 import mlflow.artifacts
 import pytest
-import torch
 import typer
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -19,12 +18,7 @@ from pretrain.probes.offline import compare_models, probe_model
 from pretrain.probes.plots import plot_comparison, plot_invariance_profile
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.common import (REPO, TrainResult, add_common_arguments, command_line, configure,
-                               default_device, emit, machine_line, markdown_table, pct,
-                               train_for)
+                               default_device, emit, log, machine_line, markdown_table,
+                               pct, train_for)
 from pretrain.config import load_config
 from pretrain.config.schema import RunConfig
 from pretrain.probes.features import Preprocess, encode
@@ -80,8 +80,11 @@ def probe(name: str, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
     start = time.perf_counter()
     result = linear_probe(train_x, train_y, test_x, test_y, weight_decays=args.weight_decays,
                           max_iter=args.probe_max_iter)
-    return ProbeRow(name, train_x.shape[1], result.top1, result.weight_decay,
-                    time.perf_counter() - start)
+    row = ProbeRow(name, train_x.shape[1], result.top1, result.weight_decay,
+                   time.perf_counter() - start)
+    log.info("%s: test top-1 %s (L2 %g, %.0f s)", name, pct(row.top1), result.weight_decay,
+             row.seconds)  # each row as it lands: the pixel probe alone can take half an hour
+    return row
 
 
 def probe_encoder(name: str, encoder: nn.Module, data: ProbeSet, pre: Preprocess,

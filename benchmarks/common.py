@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import json
 import logging
 import os
 import platform
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from augment.pipeline import ViewAugmenter
@@ -65,6 +68,26 @@ class TrainResult:
     step_seconds: float
     data_wait_frac: float
     last_loss: float
+
+
+def save_result(result: TrainResult, directory: Path, name: str) -> None:
+    """Keep a trained run for re-probing without retraining: the objective's weights as
+    ``name.safetensors`` (never a pickle) and the run's figures as ``name.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.objective.state_dict().items()}
+    save_file(state, str(directory / f"{name}.safetensors"))
+    meta = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+            if f.name not in ("objective", "info")}
+    (directory / f"{name}.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_result(cfg: RunConfig, directory: Path, name: str,
+                device: torch.device | None = None) -> TrainResult:
+    """A run kept by ``save_result``: the objective of ``cfg`` with the saved weights."""
+    objective, info = build_model(cfg)
+    objective.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+    meta = json.loads((directory / f"{name}.json").read_text())
+    return TrainResult(objective=objective.to(device or default_device()), info=info, **meta)
 
 
 def default_device() -> torch.device:

@@ -17,6 +17,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,21 +96,24 @@ class _PreLogits(nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def _train_head(model: nn.Module, feats: Tensor, labels: Tensor, epochs: int, lr: float,
-                weight_decay: float, batch_size: int, g: torch.Generator, device: str,
-                on_epoch) -> float:
-    head = model.get_classifier()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(feats.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+def _minibatch_epochs(params, n: int, batch_loss: Callable[[Tensor], Tensor | None],
+                      epochs: int, lr: float, weight_decay: float, batch_size: int,
+                      g: torch.Generator, on_epoch: Callable[[int, float], None]) -> float:
+    """AdamW with a cosine schedule over ``epochs`` seeded shuffles of ``n`` rows;
+    ``batch_loss(indices)`` gives a batch's mean loss, or None to skip the batch. Calls
+    ``on_epoch(epoch, mean loss)`` and returns the last epoch's mean loss."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, max(epochs * math.ceil(n / batch_size), 1))
     loss_value = math.nan
     for epoch in range(epochs):
-        order = torch.randperm(feats.shape[0], generator=g)
+        order = torch.randperm(n, generator=g)
         total, seen = 0.0, 0
-        for start in range(0, feats.shape[0], batch_size):
+        for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            x, y = feats[idx].to(device), labels[idx].to(device)
-            loss = F.cross_entropy(head(x), y)
+            loss = batch_loss(idx)
+            if loss is None:
+                continue
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -118,36 +122,40 @@ def _train_head(model: nn.Module, feats: Tensor, labels: Tensor, epochs: int, lr
         loss_value = total / max(seen, 1)
         on_epoch(epoch, loss_value)
     return loss_value
+
+
+def _train_head(model: nn.Module, feats: Tensor, labels: Tensor, epochs: int, lr: float,
+                weight_decay: float, batch_size: int, g: torch.Generator, device: str,
+                on_epoch: Callable[[int, float], None]) -> float:
+    """Only the classifier, on features extracted once (``--linear-only``)."""
+    head = model.get_classifier()
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        return F.cross_entropy(head(feats[idx].to(device)), labels[idx].to(device))
+
+    return _minibatch_epochs(head.parameters(), feats.shape[0], batch_loss, epochs, lr,
+                             weight_decay, batch_size, g, on_epoch)
 
 
 def _train_full(model: nn.Module, images: Tensor, labels: Tensor, pre: Preprocess, epochs: int,
                 lr: float, weight_decay: float, batch_size: int, g: torch.Generator,
-                device: str, on_epoch) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(images.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    loss_value = math.nan
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(images.shape[0], generator=g)
-        total, seen = 0.0, 0
-        for start in range(0, images.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            if idx.numel() < 2 and images.shape[0] > 1:
-                continue  # batch norm cannot train on a single image
-            flip = torch.rand(idx.numel(), generator=g) < 0.5
-            x = images[idx].clone()
-            x[flip] = x[flip].flip(-1)
-            loss = F.cross_entropy(model(prepare(x.to(device), pre)), labels[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + float(loss) * idx.numel(), seen + idx.numel()
-        loss_value = total / max(seen, 1)
-        on_epoch(epoch, loss_value)
-    model.eval()
-    return loss_value
+                device: str, on_epoch: Callable[[int, float], None]) -> float:
+    """Encoder and classifier together, on images with random horizontal flips."""
+
+    def batch_loss(idx: Tensor) -> Tensor | None:
+        if idx.numel() < 2 and images.shape[0] > 1:
+            return None  # batch norm cannot train on a single image
+        flip = torch.rand(idx.numel(), generator=g) < 0.5
+        x = images[idx].clone()
+        x[flip] = x[flip].flip(-1)
+        return F.cross_entropy(model(prepare(x.to(device), pre)), labels[idx].to(device))
+
+    model.train()
+    try:
+        return _minibatch_epochs(model.parameters(), images.shape[0], batch_loss, epochs, lr,
+                                 weight_decay, batch_size, g, on_epoch)
+    finally:
+        model.eval()
 
 
 def finetune(model_uri: str | Path, data: str, epochs: int = 1, lr: float = 1e-3,

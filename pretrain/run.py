@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,29 @@ from pretrain.train.plan import TrainingPlan, plan_training
 
 log = logging.getLogger("pretrain.run")
 REGISTERED_STEP_TAG = "pretrain.registered_step"
+
+
+class JobStopped(Exception):
+    """SIGTERM reached the driver: ``pretrain stop`` (Ray stops a job's entrypoint with it)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises_job_stopped():
+    """Turn SIGTERM into ``JobStopped`` while the block runs, so a stopped job still closes its
+    MLflow run (as KILLED) instead of leaving it RUNNING. Only the main thread can install
+    handlers; elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise JobStopped("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -73,13 +99,19 @@ def run(cfg: RunConfig, progress=None) -> RunSummary:
     log.info("%s MLflow run %s (%s)", "resuming" if resumed else "started", run_id, tracking_uri)
     started_ray = trainer.connect(cfg.cluster)
     try:
-        result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
-                                            "tracking_uri": tracking_uri, "run_id": run_id},
-                             cluster=cfg.cluster, name=cfg.name, keep=cfg.checkpoint.keep)
-        if result.checkpoint is None:
-            raise RuntimeError(f"run {cfg.name} produced no checkpoint")
-        with result.checkpoint.as_directory() as local:
-            final_step, encoder_dir, registered = _finish(cfg, Path(local), tracking_uri, run_id)
+        with sigterm_raises_job_stopped():
+            result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
+                                                "tracking_uri": tracking_uri, "run_id": run_id},
+                                 cluster=cfg.cluster, name=cfg.name,
+                                 keep=cfg.checkpoint.keep)
+            if result.checkpoint is None:
+                raise RuntimeError(f"run {cfg.name} produced no checkpoint")
+            with result.checkpoint.as_directory() as local:
+                final_step, encoder_dir, registered = _finish(cfg, Path(local), tracking_uri,
+                                                              run_id)
+    except (JobStopped, KeyboardInterrupt):
+        tracking.end_run(tracking_uri, run_id, status="KILLED")
+        raise
     except BaseException:
         tracking.end_run(tracking_uri, run_id, status="FAILED")
         raise

@@ -55,7 +55,7 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
         "--set", "data.synth3d.classes=4", "--set", "data.synth3d.instances_per_class=4",
         "--set", "data.synth3d.views=4", "--set", f"data.cache_dir={tmp_path / 'data'}",
         "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=8", "--threads", "1",
-        "--out", str(out)])
+        "--save-dir", str(tmp_path / "kept"), "--out", str(out)])
     assert out.read_text() == report + "\n"
     headers, rows = _table(report, "objective")
     assert headers == list(fidelity.HEADERS)
@@ -80,6 +80,17 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
     assert all(re.search(r"\*\*(yes|no|n/a)\*\*", c) for c in claims)
     assert "its base (simclr)" in report  # essl-synth3d.yaml's base
     assert "budget: 0.02 min" in report and "command: `" in report and "cores" in report
+
+    # The kept weights re-probe to the same rows without training again.
+    again = fidelity.main([
+        "--from-saved", str(tmp_path / "kept"), "--objectives", "vicreg", "sie",
+        "--encoder", "test_resnet", "--batch-size", "8", "--probe-objects", "24",
+        "--probe", "mlp_steps=40", "--probe", "linear_max_iter=30",
+        "--set", "data.synth3d.classes=4", "--set", "data.synth3d.instances_per_class=4",
+        "--set", "data.synth3d.views=4", "--set", f"data.cache_dir={tmp_path / 'data'}",
+        "--threads", "1"])
+    assert _table(again, "objective")[1] == [r for r in rows if r[0].startswith(("vicreg", "sie"))]
+    assert f"kept in {tmp_path / 'kept'}" in again
 
 
 def _tiny_cifar(folder: Path, classes: int = 3) -> None:

@@ -36,6 +36,10 @@ class ProbesConfig(BaseModel):
     synth3d_seed: int = Field(1_000_003, ge=0)
     synth3d_classes: int = Field(12, ge=2)
     synth3d_size: int = Field(64, ge=8)
+    synth3d_max_angle_deg: float | None = Field(
+        None, ge=0.0, le=180.0, description="Pose range of the 3D probe set (as "
+        "data.synth3d.max_angle_deg): None is uniform on SO(3); match the pretraining data. The "
+        "object_rotation probe draws its new poses from the same range.")
 
     transforms: list[str] = Field(default_factory=lambda: [*TRANSFORMS_2D, *TRANSFORMS_3D],
                                   description="Transformations for invariance and equivariance.")

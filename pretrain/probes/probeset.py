@@ -57,6 +57,8 @@ class ProbeSet:
         name: where the set came from (preset name or source).
         classes: class names in label order, when the data says.
         render_size: side the 3D objects were rendered at (``None`` for ordinary images).
+        pose_max_angle_deg: pose range the 3D objects were drawn from (``None``: uniform on
+            SO(3)); re-rendered poses (``object_rotation``) come from the same range.
     """
 
     images: Tensor
@@ -66,6 +68,7 @@ class ProbeSet:
     name: str = ""
     classes: list[str] | None = None
     render_size: int | None = None
+    pose_max_angle_deg: float | None = None
 
     @property
     def train_idx(self) -> Tensor:
@@ -189,7 +192,10 @@ def probe_set_from_shards(train_source: str | list[str], test_source: str | list
     meta = _metadata(train_source) if isinstance(train_source, str) else {}
     classes = meta.get("classes") if isinstance(meta.get("classes"), list) else None
     render = meta.get("image_size") if meta.get("kind") == "synth3d" else None
-    return _assemble(train, test, label, classes, render)
+    probe = _assemble(train, test, label, classes, render)
+    if render is not None:
+        probe.pose_max_angle_deg = (meta.get("config") or {}).get("max_angle_deg")
+    return probe
 
 
 def _split_files(folder: Path) -> tuple[list[str], list[str]] | None:
@@ -203,7 +209,8 @@ def synth3d_probe_dir(cfg: ProbesConfig) -> tuple[Path, Synth3DConfig]:
     total = cfg.max_train + cfg.max_test
     gen = Synth3DConfig(classes=cfg.synth3d_classes,
                         instances_per_class=math.ceil(total / cfg.synth3d_classes), views=1,
-                        size=cfg.synth3d_size, seed=cfg.synth3d_seed, shard_size=256)
+                        size=cfg.synth3d_size, seed=cfg.synth3d_seed, shard_size=256,
+                        max_angle_deg=cfg.synth3d_max_angle_deg)
     digest = hashlib.sha256(json.dumps(gen.model_dump(mode="json"), sort_keys=True).encode())
     return Path(cfg.cache_dir).resolve() / f"probe-synth3d-{digest.hexdigest()[:10]}", gen
 
@@ -219,8 +226,10 @@ def synth3d_probe_set(cfg: ProbesConfig) -> ProbeSet:
         generate_synth3d(gen, out)
     rows = _take(_iter_rows(str(out), cfg.image_size, cfg.seed), cfg.max_train + cfg.max_test)
     meta = open_source(str(out)).metadata
-    return _assemble(rows[: cfg.max_train], rows[cfg.max_train:], "synth3d",
-                     meta.get("classes"), int(meta.get("image_size", gen.size)))
+    probe = _assemble(rows[: cfg.max_train], rows[cfg.max_train:], "synth3d",
+                      meta.get("classes"), int(meta.get("image_size", gen.size)))
+    probe.pose_max_angle_deg = gen.max_angle_deg
+    return probe
 
 
 def load_probe_set(data: str, cfg: ProbesConfig) -> ProbeSet:

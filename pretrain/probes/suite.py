@@ -66,6 +66,8 @@ def _latents_3d(probe_set: ProbeSet, rows: Tensor) -> dict[str, Tensor]:
     latents = {k: v[rows] for k, v in probe_set.latents.items()}
     latents["labels"] = probe_set.labels[rows]
     latents["render_size"] = torch.tensor(probe_set.render_size or probe_set.images.shape[-1])
+    if probe_set.pose_max_angle_deg is not None:
+        latents["pose_max_angle_deg"] = torch.tensor(float(probe_set.pose_max_angle_deg))
     return latents
 
 

@@ -140,9 +140,13 @@ def _render(latents: dict[str, Tensor], labels: Tensor, size: int, out_size: int
 
 
 def object_rotation(x: Tensor, latents: dict[str, Tensor], g: torch.Generator) -> Transformed:
-    """The same object in a new pose, uniform on SO(3); parameters: the relative rotation
-    ``augment.quaternion.relative_rotation(q_x, q_Tx)`` as a canonical quaternion (w, x, y, z)."""
-    q_new = random_quaternion(x.shape[0], g)
+    """The same object in a new pose drawn like the probe set's poses (uniform on SO(3), or
+    within ``latents["pose_max_angle_deg"]`` of the canonical pose when given); parameters: the
+    relative rotation ``augment.quaternion.relative_rotation(q_x, q_Tx)`` as a canonical
+    quaternion (w, x, y, z)."""
+    limit = latents.get("pose_max_angle_deg")
+    q_new = random_quaternion(x.shape[0], g,
+                              max_angle_deg=None if limit is None else float(limit))
     images = _render(latents, latents["labels"], int(latents["render_size"]), x.shape[-1],
                      quaternion=q_new)
     rel = relative_rotation(latents["quaternion"], q_new)

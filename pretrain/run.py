@@ -70,15 +70,12 @@ def prepare_data(cfg: RunConfig, progress=None) -> RunConfig:
     ``data.cache_dir`` and return a config pointing at it."""
     if cfg.data.path is not None:
         return cfg
-    from pretrain.data.format import INDEX_NAME
-    from pretrain.data.synth3d import generate_synth3d
+    from pretrain.data.synth3d import ensure_synth3d
 
     settings = cfg.data.synth3d.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     out = Path(cfg.data.cache_dir).resolve() / f"synth3d-{digest}"
-    if not (out / INDEX_NAME).is_file():
-        log.info("generating synthetic 3D data into %s", out)
-        generate_synth3d(cfg.data.synth3d, out, progress=progress)
+    ensure_synth3d(cfg.data.synth3d, out, progress=progress)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out)})})
 
 
@@ -87,16 +84,13 @@ def prepare_probe_data(cfg: RunConfig) -> RunConfig:
     worker's own temporary working directory, so nothing would ever be reused) and render the
     synthetic 3D probe set now, on the driver, when the probes will use it: training time then
     never includes rendering it."""
-    from pretrain.data.format import INDEX_NAME
-    from pretrain.data.synth3d import generate_synth3d
+    from pretrain.data.synth3d import ensure_synth3d
     from pretrain.probes.probeset import synth3d_probe_dir
 
     probes = cfg.probes.model_copy(update={"cache_dir": str(Path(cfg.probes.cache_dir).resolve())})
     if probes.data == "synth3d" and (probes.enabled or probes.every_steps > 0):
         out, gen = synth3d_probe_dir(probes)
-        if not (out / INDEX_NAME).is_file():
-            log.info("rendering the synthetic 3D probe set into %s", out)
-            generate_synth3d(gen, out)
+        ensure_synth3d(gen, out)
     return cfg.model_copy(update={"probes": probes})
 
 

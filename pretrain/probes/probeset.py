@@ -28,10 +28,10 @@ from torch import Tensor
 import pretrain
 from pretrain.data.decode import BadSample, decode_sample
 from pretrain.data.errors import DataError
-from pretrain.data.format import INDEX_NAME, LATENTS_KEY
+from pretrain.data.format import LATENTS_KEY
 from pretrain.data.index import open_source
 from pretrain.data.sources import iter_shard
-from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
+from pretrain.data.synth3d import Synth3DConfig, ensure_synth3d
 from pretrain.data.synth3d.shapes import MAX_PARAMS
 from pretrain.probes.config import ProbesConfig
 
@@ -221,9 +221,7 @@ def synth3d_probe_set(cfg: ProbesConfig) -> ProbeSet:
     Objects interleave classes, so the first ``max_train`` objects (probe-train) and the next
     ``max_test`` (probe-test) are class-balanced and disjoint."""
     out, gen = synth3d_probe_dir(cfg)
-    if not (out / INDEX_NAME).is_file():
-        log.info("rendering the synthetic 3D probe set into %s", out)
-        generate_synth3d(gen, out)
+    ensure_synth3d(gen, out)
     rows = _take(_iter_rows(str(out), cfg.image_size, cfg.seed), cfg.max_train + cfg.max_test)
     meta = open_source(str(out)).metadata
     probe = _assemble(rows[: cfg.max_train], rows[cfg.max_train:], "synth3d",

@@ -6,6 +6,7 @@ from pretrain.data.synth3d.generate import (
     SampleLatents,
     Synth3DConfig,
     Synth3DReport,
+    ensure_synth3d,
     generate_synth3d,
     sample_latents,
 )
@@ -13,6 +14,7 @@ from pretrain.data.synth3d.render import RenderSettings, render_views
 from pretrain.data.synth3d.shapes import SHAPE_NAMES, SHAPES, ShapeSpec
 
 __all__ = [
+    "ensure_synth3d",
     "SHAPES",
     "SHAPE_NAMES",
     "RenderSettings",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from augment.quaternion import quat_rotate, random_quaternion
-from pretrain.data.format import CLASS_KEY, LATENTS_KEY, view_key
+from pretrain.data.format import CLASS_KEY, INDEX_NAME, LATENTS_KEY, view_key
 from pretrain.data.synth3d.render import RenderSettings, render_views
 from pretrain.data.synth3d.shapes import MAX_PARAMS, SHAPE_NAMES, SHAPES, pad_params
 from pretrain.data.writer import ShardSetWriter
+
+log = logging.getLogger("pretrain.data")
 
 SHARD_PREFIX = "synth3d"
 
@@ -218,6 +221,17 @@ def index_metadata(cfg: Synth3DConfig) -> dict[str, Any]:
         "max_params": MAX_PARAMS,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def ensure_synth3d(cfg: Synth3DConfig, out_dir: str | Path,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """``out_dir`` holding the set ``cfg`` describes: generated unless a finished one (its
+    index written last) is already there, so a cache folder is rendered once."""
+    out = Path(out_dir)
+    if not (out / INDEX_NAME).is_file():
+        log.info("rendering synthetic 3D data into %s", out)
+        generate_synth3d(cfg, out, progress=progress)
+    return out
 
 
 def generate_synth3d(cfg: Synth3DConfig, out_dir: str | Path,

@@ -33,7 +33,7 @@ from pretrain.config.schema import RunConfig
 from pretrain.encoder import EncoderInfo
 from pretrain.train.distributed import single_process_group as _single_process_group
 from pretrain.train.engine import build_engine
-from pretrain.train.loop import WorkerContext, build_model, endless_batches
+from pretrain.train.loop import WorkerContext, build_augmenter, build_model, endless_batches
 from pretrain.train.plan import plan_training
 from pretrain.train.seeding import derive_seed, generator_for
 from pretrain.train.step import make_views, train_step
@@ -122,7 +122,7 @@ def calibrate_step_seconds(objective: nn.Module, augmenter: ViewAugmenter, batch
 
 def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = None,
               calibration_steps: int = 2) -> TrainResult:
-    """Train ``cfg`` (data already prepared, see ``pretrain.run.prepare_data``) with the
+    """Train ``cfg`` (data already prepared, see ``pretrain.data.prepare.prepare_data``) with the
     DeepSpeed engine at world size 1 until ``seconds`` of wall time have passed (at least one
     step). The LR schedule (and any EMA schedule) spans the number of steps the calibration
     predicts will fit, so a run ends near the bottom of its cosine, as a real run would."""
@@ -132,8 +132,7 @@ def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = N
     ctx = WorkerContext(rank=0, world_size=1, device=device)
     plan = plan_training(cfg, 1)
     objective, info = build_model(cfg)
-    augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
-                              output_size=cfg.data.image_size)
+    augmenter = build_augmenter(cfg, info)
     batches = endless_batches(cfg, ctx, plan)
     try:
         with single_process_group(device):

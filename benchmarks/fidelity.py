@@ -7,12 +7,16 @@ quiet machine, from the repository root:
 Each objective starts from its ``configs/<objective>-synth3d.yaml`` with the encoder, image size
 (the synthetic data is rendered at that size), batch and data made identical for all; the
 ``seq_jepa_no_action`` row is seq-JEPA with ``objective.seq_jepa.action_conditioning=false``.
-The paper claims of the issue are printed as yes/no checks on the measured numbers.
+The paper claims of the issue are printed as yes/no checks on the measured numbers. The
+*action use* column says whether an action-conditioned predictor (SIE, seq-JEPA) gets anything
+from its action (``action_use``): 1.00 means the action is ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
 import sys
 from collections.abc import Callable, Sequence
@@ -38,7 +42,11 @@ from pretrain.probes.features import Preprocess, encode
 from pretrain.probes.linear import linear_probe
 from pretrain.probes.probeset import ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
-from pretrain.run import prepare_data
+from pretrain.data.prepare import prepare_data
+from pretrain.train.loop import WorkerContext, build_augmenter, endless_batches
+from pretrain.train.plan import plan_training
+from pretrain.train.seeding import derive_seed, generator_for
+from pretrain.train.step import make_views
 
 SCRIPT = "benchmarks/fidelity.py"
 # Row name -> (config file stem, extra overrides).
@@ -53,7 +61,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 HEADERS = ("objective", "steps (planned)", "samples", "class top-1", "rot R² ridge",
            "rot R² MLP", "rot R² MLP (SIE est.)", "hue R² ridge", "hue R² MLP", "4-rot acc",
-           "RankMe")
+           "RankMe", "action use")
+# The loss term an action-conditioned predictor is judged by (None: the whole loss).
+ACTION_TERMS: dict[str, str | None] = {"sie": "equivariance", "seq_jepa": None}
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,14 @@ class Row:
     hue_mlp: float | None = None
     rot4: float | None = None
     rankme: float | None = None
+    action_use: float | None = None
 
     def cells(self) -> list[str]:
         """Table cells: percentages for accuracies, 3 decimals for R², '—' where missing."""
         return [self.name, self.steps, self.samples, pct(self.top1), num(self.rot_ridge),
                 num(self.rot_mlp), num(self.rot_mlp_sie), num(self.hue_ridge),
-                num(self.hue_mlp), pct(self.rot4), num(self.rankme, 1)]
+                num(self.hue_mlp), pct(self.rot4), num(self.rankme, 1),
+                num(self.action_use, 2)]
 
 
 class FeatureSlice(nn.Module):
@@ -146,8 +158,47 @@ def four_rotation_accuracy(encoder: nn.Module, probe_set: ProbeSet, pre: Preproc
                         weight_decays=cfg.linear_weight_decays, max_iter=cfg.linear_max_iter).top1
 
 
+@torch.no_grad()
+def action_use(result: TrainResult, cfg: RunConfig, device: torch.device,
+               batches: int = 4) -> float | None:
+    """How much an action-conditioned predictor relies on its action: its loss term (SIE's
+    predictor MSE, seq-JEPA's 1 - cos) with every row's actions taken from another row of the
+    batch (a fixed derangement), over the same term with the true actions, on ``batches``
+    training batches (same views, same mode, same dropout masks). 1.0: the action is ignored
+    (the invariant shortcut); above 1: the prediction uses it. ``None`` for objectives without
+    actions."""
+    if cfg.objective.name not in ACTION_TERMS:
+        return None
+    term = ACTION_TERMS[cfg.objective.name]
+    model = copy.deepcopy(result.objective).train()  # batch-norm statistics as in training
+    augmenter = build_augmenter(cfg, result.info)
+    ctx = WorkerContext(rank=0, world_size=1, device=device)
+    stream = endless_batches(cfg, ctx, plan_training(cfg, 1))
+    true_sum = shuffled_sum = 0.0
+    try:
+        for i in range(batches):
+            batch, _ = next(stream)
+            views = make_views(augmenter, batch.to(device),
+                               generator_for(cfg.seed, "action_use", i))
+            other = torch.roll(torch.arange(views.batch_size, device=device), 1)
+            swapped = dataclasses.replace(views, relative={k: v[other] for k, v in
+                                                           views.relative.items()})
+            for target, batch_views in ((0, views), (1, swapped)):
+                # The same dropout masks for both passes: only the actions differ.
+                torch.manual_seed(derive_seed(cfg.seed, "action_use", i))
+                out = model(batch_views)
+                value = float(out.loss if term is None else out.terms[term])
+                if target == 0:
+                    true_sum += value
+                else:
+                    shuffled_sum += value
+    finally:
+        stream.close()
+    return shuffled_sum / max(true_sum, 1e-12)
+
+
 def evaluate(name: str, result: TrainResult, probe_set: ProbeSet, cfg: ProbesConfig,
-             device: torch.device) -> list[Row]:
+             device: torch.device, run_cfg: RunConfig) -> list[Row]:
     """The row of one trained objective (plus SIE's invariant and equivariant parts)."""
     encoder, pre = result.objective.encoder, Preprocess.from_info(result.info)
     m = run_probe_suite(encoder, probe_set, cfg, device, preprocess=pre)
@@ -159,7 +210,8 @@ def evaluate(name: str, result: TrainResult, probe_set: ProbeSet, cfg: ProbesCon
                 hue_ridge=m.get("probe/equivariance_r2/object_hue"),
                 hue_mlp=m.get("probe/equivariance_r2_mlp/object_hue"),
                 rot4=four_rotation_accuracy(encoder, probe_set, pre, cfg, device),
-                rankme=m.get("probe/health/rankme"))]
+                rankme=m.get("probe/health/rankme"),
+                action_use=action_use(result, run_cfg, device))]
     if isinstance(result.objective, SIE):
         inv, width = result.objective.inv_dims, result.objective.num_features
         part_cfg = cfg.model_copy(update={"transforms": ["object_rotation"]})
@@ -245,14 +297,19 @@ def format_report(rows: list[Row], checks: list[str], cfg: RunConfig, pcfg: Prob
         f"{cfg.data.image_size} px, batch {cfg.data.batch_size}, data {s.classes} classes x "
         f"{s.instances_per_class} objects x {s.views} renderings at {s.size} px (seed {s.seed}), "
         "poses " + ("uniform on SO(3)" if s.max_angle_deg is None else
-                    f"within {s.max_angle_deg:g} degrees of the canonical pose (probe set too)"),
+                    f"within {s.max_angle_deg:g} degrees of the canonical pose (probe set too)")
+        + f", per rendering: background hue {'drawn' if s.background_per_view else 'fixed'}, "
+        f"light {'drawn' if s.light_per_view else 'fixed'}, object hue jitter "
+        f"+-{s.hue_jitter_per_view:g} turns",
         f"- probes: {pcfg.max_train} probe-train / {pcfg.max_test} probe-test held-out objects "
         f"(seed {pcfg.synth3d_seed}), backbone features; class = linear probe top-1 "
         "(multinomial logistic regression, L-BFGS); rot R² = relative rotation quaternion and hue "
         "R² = object-hue shift (cos, sin) regressed from [f(x), f(Tx)] by ridge and by an MLP "
         f"({pcfg.pairs_train} / {pcfg.pairs_test} pairs at most), scikit-learn R² (mean over "
         "outputs) unless marked 'SIE est.' (SIE's global-mean R²); 4-rot = linear probe for "
-        "0/90/180/270-degree rotations of the probe images",
+        "0/90/180/270-degree rotations of the probe images; action use = the predictor's loss "
+        "term with actions taken from other rows over the same with the true actions, on 4 "
+        "training batches (1.00: the action is ignored)",
         f"- machine: {machine_line()}",
         f"- command: `{command_line(SCRIPT, argv)}`", "",
         markdown_table(HEADERS, [r.cells() for r in rows]), "",
@@ -305,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                                    device=device)
                 if args.save_dir is not None:
                     save_result(result, args.save_dir, name)
-            new_rows = evaluate(name, result, probe_set, pcfg, device)
+            new_rows = evaluate(name, result, probe_set, pcfg, device, prepare_data(cfg))
             for row in new_rows:
                 log.info("row: %s", " | ".join(row.cells()))  # visible before the table
             rows += new_rows

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from augment.pipeline import ViewAugmenter
 from pretrain.config.schema import RunConfig
 from pretrain.train.engine import build_engine
 from pretrain.train.distributed import single_process_group
-from pretrain.train.loop import WorkerContext, build_model, endless_batches, epoch_batches
+from pretrain.train.loop import (WorkerContext, build_augmenter, build_model, endless_batches,
+                                 epoch_batches)
 from pretrain.train.plan import plan_training
 from pretrain.train.seeding import generator_for
 from pretrain.train.step import make_views, train_step
@@ -50,7 +50,7 @@ class BenchResult:
 
 
 def run_bench(cfg: RunConfig, steps: int = 20, warmup: int = 3) -> BenchResult:
-    from pretrain.run import prepare_data
+    from pretrain.data.prepare import prepare_data
 
     cfg = prepare_data(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,8 +59,7 @@ def run_bench(cfg: RunConfig, steps: int = 20, warmup: int = 3) -> BenchResult:
         plan = plan_training(cfg, 1)
         total = warmup + steps
         objective, info = build_model(cfg)
-        augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
-                                  output_size=cfg.data.image_size)
+        augmenter = build_augmenter(cfg, info)
         batches = epoch_batches(cfg, ctx, plan, epoch=0, skip=0)
         resident = make_views(augmenter, next(batches).to(device), generator_for(cfg.seed, 0, 0))
         plain = _plain_loop(copy.deepcopy(objective).to(device), cfg, resident, warmup, steps)
@@ -107,15 +106,16 @@ def _time_steps(step, warmup: int, steps: int, device: torch.device, batch_size:
     """Images per second over ``steps`` timed calls after ``warmup`` untimed ones."""
     for i in range(warmup):
         step(i)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(warmup, warmup + steps):
         step(i)
-    _sync(device)
+    synchronize(device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so host clocks time it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import cifar10_linear, fidelity  # noqa: E402
+from benchmarks import care_hue, cifar10_linear, cuda_check, fidelity  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +75,11 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
             assert int(row[col["samples"]]) == 8 * done
             assert 0.0 <= _fraction(row[col["4-rot acc"]]) <= 1.0
             float(row[col["hue R² MLP"]])
+    use = {r[0]: r[col["action use"]] for r in rows}
+    assert {k for k, v in use.items() if v != "—"} == {"sie", "seq_jepa", "seq_jepa_no_action"}
+    # Known answer: a predictor without action conditioning cannot depend on the actions.
+    assert use["seq_jepa_no_action"] == "1.00"
+    assert float(use["sie"]) > 0 and float(use["seq_jepa"]) > 0
     claims = [line for line in report.splitlines() if line.startswith("- ") and "**" in line]
     assert len(claims) == 10
     assert all(re.search(r"\*\*(yes|no|n/a)\*\*", c) for c in claims)
@@ -91,6 +96,29 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
         "--threads", "1"])
     assert _table(again, "objective")[1] == [r for r in rows if r[0].startswith(("vicreg", "sie"))]
     assert f"kept in {tmp_path / 'kept'}" in again
+
+
+@pytest.mark.slow
+def test_cuda_check_runs_every_check_on_the_cpu(tmp_path):
+    """The GPU check script's code path, on the CPU with bf16 forced: the report holds every
+    check; the agreements that are exact on any device must pass."""
+    out = tmp_path / "cuda_check.md"
+    tiny = [f"--set={kv}" for kv in (
+        "data.synth3d.classes=4", "data.synth3d.instances_per_class=4", "data.synth3d.views=4",
+        f"data.cache_dir={tmp_path / 'data'}", "data.shuffle_buffer=8",
+        "encoder.model=test_resnet")]
+    code = cuda_check.main(["--device", "cpu", "--image-size", "16", "--batch-size", "8",
+                            "--bench", "test_resnet:8", "--bench-steps", "1", "--workers", "0",
+                            *tiny, "--out", str(out)])
+    report = out.read_text()
+    _, rows = _table(report, "check")
+    result = {row[0]: row[3] for row in rows}
+    assert len(result) == 13 and set(result.values()) <= {"pass", "FAIL"}
+    assert result["kornia cpu vs CPU, same params"] == "pass"
+    assert result["ZeRO 2 vs ZeRO 1 weights"] == "pass"
+    assert result["resume on cpu, ZeRO 2, seq_jepa (EMA)"] == "pass"
+    assert code == (0 if all(v == "pass" for v in result.values()) else 1)
+    assert "test_resnet / vicreg, batch 8, 16 px, cpu" in report
 
 
 def _tiny_cifar(folder: Path, classes: int = 3) -> None:
@@ -135,6 +163,27 @@ def test_cifar10_linear_main_prints_the_three_representations(tmp_path):
     assert steps >= 1 and planned >= 1
     assert f"{16 * steps} images" in report
     assert "48 train / 24 test images" in report
+
+
+@pytest.mark.slow
+def test_care_hue_main_compares_care_with_simclr(tmp_path):
+    _tiny_cifar(tmp_path)
+    report = care_hue.main([
+        "--minutes-per-objective", "0.02", "--encoder", "test_resnet", "--batch-size", "16",
+        "--data-dir", str(tmp_path), "--probe-images", "30",
+        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16",
+        "--set", "augment.chunk_size=4", "--threads", "1"])
+    headers, rows = _table(report, "objective")
+    assert headers == list(care_hue.HEADERS)
+    assert [r[0] for r in rows] == ["simclr", "care"]
+    for row in rows:
+        done = int(row[1].split()[0])
+        assert done >= 1 and int(row[2]) == 16 * done
+        assert 0.0 <= _fraction(row[3]) <= 1.0
+        float(row[5]), float(row[6])
+    care, simclr = float(rows[1][6]), float(rows[0][6])
+    assert f"**{'yes' if care > simclr else 'no'}** ({care:.3f} vs {simclr:.3f})" in report
+    assert "20 train / 10 test CIFAR-10 images" in report
 
 
 def _row(name: str, **metrics: float) -> "fidelity.Row":

@@ -29,7 +29,7 @@ from pretrain.train.engine import build_engine
 from pretrain.train.plan import TrainingPlan, plan_training
 from pretrain.train.seeding import derive_seed, generator_for
 from pretrain.train.step import RunningMeans, make_views, train_step
-from pretrain.encoder import build_encoder
+from pretrain.encoder import EncoderInfo, build_encoder
 
 log = logging.getLogger("pretrain.train")
 
@@ -58,6 +58,12 @@ def build_model(cfg: RunConfig):
     return objective, info
 
 
+def build_augmenter(cfg: RunConfig, info: EncoderInfo) -> ViewAugmenter:
+    """The view augmenter of ``cfg`` for an encoder described by ``info`` (its normalisation)."""
+    return ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
+                         output_size=cfg.data.image_size)
+
+
 def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri: str | None,
         run_id: str | None) -> int:
     """Train until ``plan.stop_step``; returns the final step. Rank 0 logs to ``run_id``."""
@@ -65,8 +71,7 @@ def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri:
     objective, info = build_model(cfg)
     engine = build_engine(objective, cfg, total_steps=plan.total_steps,
                           world_size=ctx.world_size, device=ctx.device)
-    augmenter = ViewAugmenter(cfg.augment, mean=info.mean, std=info.std,
-                              output_size=cfg.data.image_size)
+    augmenter = build_augmenter(cfg, info)
     state = checkpoint.TrainState(mlflow_run_id=run_id)
     carried = []
     with reporter.restore_dir() as restored:

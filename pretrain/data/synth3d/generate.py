@@ -9,7 +9,9 @@ What varies per view (3DIEBench varies the pose per view): the rotation always. 
 object hue, background hue and light are fixed per *object* so that views differ by rotation only
 (a clean equivariance target); ``hue_jitter_per_view``, ``background_per_view`` and
 ``light_per_view`` turn on per-view variation of the other latents, which are recorded per view
-either way.
+either way. Fixed colours also let the views of an object be matched by colour alone, a shortcut
+that objectives trained on rendering pairs with light augmentation take (SIE, seq-JEPA; see
+docs/results.md); the ``configs/*-synth3d.yaml`` turn all three on.
 """
 
 from __future__ import annotations

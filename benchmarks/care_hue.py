@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     device = default_device()
     pcfg = probes_config(args)
     probe_set = load_probe_set(pcfg.data, pcfg)
-    rows = []
+    rows, hue_mlp = [], {}
     with single_process_group(device):
         for name, cfg in configs.items():
             result = train_for(cfg, 60.0 * args.minutes_per_objective, device=device)
@@ -81,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> str:
                          pct(m.get("probe/linear_top1")), num(m.get("probe/invariance/hue")),
                          num(m.get("probe/equivariance_r2/hue")),
                          num(m.get("probe/equivariance_r2_mlp/hue"))])
+            hue_mlp[name] = m["probe/equivariance_r2_mlp/hue"]
             log.info("row: %s", " | ".join(rows[-1]))
-    care, simclr = (float(r[6]) for r in (rows[1], rows[0]))
+    care, simclr = hue_mlp["care"], hue_mlp["simclr"]
     verdict = "yes" if care > simclr else "no"
     report = "\n".join([
         "## CARE vs SimCLR: hue shift read from CIFAR-10 representations", "",

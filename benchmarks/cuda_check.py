@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import tempfile
 import time
@@ -189,7 +190,7 @@ def check_zero(cfg: RunConfig, device: torch.device, steps: int = 5) -> list[Che
         del engine
     rows = [Check(f"ZeRO {s} on {device.type}: {steps} steps, {cfg.objective.name}",
                   "losses " + ", ".join(f"{x:.4f}" for x in losses[s]), "finite, falling",
-                  all(map(_finite, losses[s])) and losses[s][-1] < losses[s][0])
+                  all(map(math.isfinite, losses[s])) and losses[s][-1] < losses[s][0])
             for s in (0, 1, 2)]
     gap = max(abs(a - b) / abs(b)
               for s in (1, 2) for a, b in zip(losses[s], losses[0], strict=True))
@@ -246,10 +247,6 @@ def bench_rows(settings: Sequence[str], steps: int, workers: int, size: int,
         out.append(format_bench(run_bench(cfg, steps=steps, warmup=3)))
         print(out[-1], flush=True)
     return out
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

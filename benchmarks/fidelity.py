@@ -174,7 +174,13 @@ def action_use(result: TrainResult, cfg: RunConfig, device: torch.device,
     augmenter = build_augmenter(cfg, result.info)
     ctx = WorkerContext(rank=0, world_size=1, device=device)
     stream = endless_batches(cfg, ctx, plan_training(cfg, 1))
-    true_sum = shuffled_sum = 0.0
+
+    def judged_term(views, i: int) -> float:
+        torch.manual_seed(derive_seed(cfg.seed, "action_use", i))  # same dropout masks per pair
+        out = model(views)
+        return float(out.loss if term is None else out.terms[term])
+
+    true_sum = swapped_sum = 0.0
     try:
         for i in range(batches):
             batch, _ = next(stream)
@@ -183,18 +189,11 @@ def action_use(result: TrainResult, cfg: RunConfig, device: torch.device,
             other = torch.roll(torch.arange(views.batch_size, device=device), 1)
             swapped = dataclasses.replace(views, relative={k: v[other] for k, v in
                                                            views.relative.items()})
-            for target, batch_views in ((0, views), (1, swapped)):
-                # The same dropout masks for both passes: only the actions differ.
-                torch.manual_seed(derive_seed(cfg.seed, "action_use", i))
-                out = model(batch_views)
-                value = float(out.loss if term is None else out.terms[term])
-                if target == 0:
-                    true_sum += value
-                else:
-                    shuffled_sum += value
+            true_sum += judged_term(views, i)
+            swapped_sum += judged_term(swapped, i)
     finally:
         stream.close()
-    return shuffled_sum / max(true_sum, 1e-12)
+    return swapped_sum / max(true_sum, 1e-12)
 
 
 def evaluate(name: str, result: TrainResult, probe_set: ProbeSet, cfg: ProbesConfig,
@@ -355,14 +354,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     rows: list[Row] = []
     with single_process_group(device):
         for name, cfg in configs.items():
+            cfg = prepare_data(cfg)
             if args.from_saved is not None:
                 result = load_result(cfg, args.from_saved, name, device)
             else:
-                result = train_for(prepare_data(cfg), 60.0 * args.minutes_per_objective,
-                                   device=device)
+                result = train_for(cfg, 60.0 * args.minutes_per_objective, device=device)
                 if args.save_dir is not None:
                     save_result(result, args.save_dir, name)
-            new_rows = evaluate(name, result, probe_set, pcfg, device, prepare_data(cfg))
+            new_rows = evaluate(name, result, probe_set, pcfg, device, cfg)
             for row in new_rows:
                 log.info("row: %s", " | ".join(row.cells()))  # visible before the table
             rows += new_rows

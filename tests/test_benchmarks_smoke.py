@@ -93,6 +93,8 @@ def test_fidelity_main_prints_a_row_per_objective_and_the_claims(tmp_path):
         "--probe", "mlp_steps=40", "--probe", "linear_max_iter=30",
         "--set", "data.synth3d.classes=4", "--set", "data.synth3d.instances_per_class=4",
         "--set", "data.synth3d.views=4", "--set", f"data.cache_dir={tmp_path / 'data'}",
+        # The loader settings of the training run: action use reads training batches.
+        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=8",
         "--threads", "1"])
     assert _table(again, "objective")[1] == [r for r in rows if r[0].startswith(("vicreg", "sie"))]
     assert f"kept in {tmp_path / 'kept'}" in again

@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: train an objective in-process for a wall-clock budget, and
+"""Shared by the benchmark scripts: train an objective in-process for a step or wall-clock budget, and
 describe the machine, the command and the results as markdown.
 
 Training uses the platform's own pieces (``pretrain.train.loop.build_model`` / ``epoch_batches``
@@ -120,14 +120,20 @@ def calibrate_step_seconds(objective: nn.Module, augmenter: ViewAugmenter, batch
     return sum(times[1:]) / max(steps, 1)
 
 
-def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = None,
-              calibration_steps: int = 2) -> TrainResult:
+def train_for(cfg: RunConfig, seconds: float | None = None, *, steps: int | None = None,
+              device: torch.device | None = None, calibration_steps: int = 2) -> TrainResult:
     """Train ``cfg`` (data already prepared, see ``pretrain.data.prepare.prepare_data``) with the
-    DeepSpeed engine at world size 1 until ``seconds`` of wall time have passed (at least one
-    step). The LR schedule (and any EMA schedule) spans the number of steps the calibration
-    predicts will fit, so a run ends near the bottom of its cosine, as a real run would."""
+    DeepSpeed engine at world size 1, for exactly ``steps`` optimizer steps or, given ``seconds``
+    instead, until that much wall time has passed (at least one step). A step budget makes a run
+    a function of its seed alone, however loaded the machine is; a time budget plans the LR
+    schedule (and any EMA schedule) over the steps a calibration predicts will fit, so a run
+    ends near the bottom of its cosine, as a real run would."""
+    if (seconds is None) == (steps is None):
+        raise ValueError("train_for needs exactly one of seconds and steps")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
     started = time.perf_counter()
-    deadline = started + seconds
+    deadline = None if seconds is None else started + seconds
     device = device or default_device()
     ctx = WorkerContext(rank=0, world_size=1, device=device)
     plan = plan_training(cfg, 1)
@@ -136,15 +142,19 @@ def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = N
     batches = endless_batches(cfg, ctx, plan)
     try:
         with single_process_group(device):
-            step_s = calibrate_step_seconds(objective, augmenter, batches, device, cfg.seed,
-                                            calibration_steps)
-            planned = max(1, int((deadline - time.perf_counter()) / step_s))
+            if steps is None:
+                step_s = calibrate_step_seconds(objective, augmenter, batches, device, cfg.seed,
+                                                calibration_steps)
+                planned = max(1, int((deadline - time.perf_counter()) / step_s))
+                log.info("%s: %.2f s/step calibrated, %d steps planned in %.0f s",
+                         cfg.objective.name, step_s, planned, seconds)
+            else:
+                step_s, planned = float("nan"), steps
             engine = build_engine(objective, cfg, total_steps=planned, world_size=1,
                                   device=device)
-            log.info("%s: %.2f s/step calibrated, %d steps planned in %.0f s",
-                     cfg.objective.name, step_s, planned, seconds)
             step, waited, loop_start, out = 0, 0.0, time.perf_counter(), None
-            while step < planned and (step == 0 or time.perf_counter() < deadline):
+            while step < planned and (step == 0 or deadline is None
+                                      or time.perf_counter() < deadline):
                 batch, wait = next(batches)
                 waited += wait
                 # Same per-step seeding as pretrain.train.loop, so runs are reproducible.
@@ -154,11 +164,16 @@ def train_for(cfg: RunConfig, seconds: float, *, device: torch.device | None = N
                 out = train_step(engine, views)
                 engine.module.on_step_end(step, planned)
                 step += 1
+                if step % 25 == 0 or step == planned:  # progress on long runs
+                    log.info("%s: step %d/%d, loss %.4g, %.0f s", cfg.objective.name, step,
+                             planned, float(out.loss.detach()), time.perf_counter() - started)
             last_loss = float(out.loss.detach()) if out is not None else float("nan")
             loop_seconds = time.perf_counter() - loop_start
     finally:
         batches.close()  # ends the current DataLoader and its worker processes
     elapsed = time.perf_counter() - started
+    if steps is not None:
+        step_s = loop_seconds / max(step, 1)
     log.info("%s: %d/%d steps in %.0f s, last loss %.4g", cfg.objective.name, step, planned,
              elapsed, last_loss)
     return TrainResult(objective=engine.module, info=info, steps=step, planned_steps=planned,

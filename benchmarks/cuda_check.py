@@ -34,6 +34,7 @@ from pretrain.data.prepare import prepare_data
 from pretrain.train import checkpoint
 from pretrain.train.distributed import single_process_group
 from pretrain.train.engine import build_engine, use_bf16
+from pretrain.train.precision import cpu_bf16_guard
 from pretrain.bench import synchronize
 from pretrain.train.loop import WorkerContext, build_augmenter, build_model, epoch_batches
 from pretrain.train.plan import plan_training
@@ -93,7 +94,8 @@ def check_bf16(cfg: RunConfig, device: torch.device) -> list[Check]:
 
     def loss_and_grad(bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
         model = copy.deepcopy(objective)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
+                cpu_bf16_guard(device.type, torch.bfloat16 if bf16 else None):
             feats = model.encoder(views.views[0][:8])
             loss = model(views).loss
         loss.backward()

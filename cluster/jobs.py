@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.auth import Token, auth_failure_message
-from pretrain.config.load import ConfigError, config_to_yaml
+from pretrain.config.load import ConfigError, config_to_yaml, refuse_secrets
+from pretrain.config.redact import redact_text, strip_userinfo
 from pretrain.config.schema import RunConfig
 
 CONFIG_NAME = "config.yaml"
@@ -69,7 +70,10 @@ def _is_local_relative(path: str) -> bool:
 def job_config(cfg: RunConfig, env: Mapping[str, str] | None = None) -> RunConfig:
     """``cfg`` as the job must see it: it joins the cluster it runs on (``cluster.address``
     cleared, Ray sets ``$RAY_ADDRESS`` inside jobs) and logs to an explicit MLflow server.
-    Paths relative to this machine would name a different folder inside the job: refused."""
+    Paths relative to this machine would name a different folder inside the job: refused.
+    The tracking URI loses its userinfo (the job logs in with the cluster's own
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``); any other credential in the config is refused,
+    since the shipped config is visible in the Ray dashboard."""
     env = os.environ if env is None else env
     if _is_local_relative(cfg.cluster.storage_path):
         raise ConfigError("cluster.storage_path: a relative path names a different folder on "
@@ -83,10 +87,12 @@ def job_config(cfg: RunConfig, env: Mapping[str, str] | None = None) -> RunConfi
                           "the cluster; set tracking.uri or $MLFLOW_TRACKING_URI")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
         raise ConfigError(f"tracking.uri: {uri} is relative to the job's temporary folder")
-    return cfg.model_copy(update={
+    shipped = cfg.model_copy(update={
         "cluster": cfg.cluster.model_copy(update={"address": None}),
-        "tracking": cfg.tracking.model_copy(update={"uri": uri}),
+        "tracking": cfg.tracking.model_copy(update={"uri": strip_userinfo(uri)}),
     })
+    refuse_secrets(shipped, "a Ray job's config (shown in the Ray dashboard)")
+    return shipped
 
 
 def code_dirs() -> list[str]:
@@ -114,7 +120,7 @@ def build_submission(cfg: RunConfig, workdir: Path, *, with_code: bool = False) 
         entrypoint=f"python -m pretrain.cli.main run {CONFIG_NAME}",
         runtime_env=runtime_env,
         metadata={RUN_NAME_KEY: cfg.name, EXPERIMENT_KEY: cfg.tracking.experiment,
-                  TRACKING_KEY: cfg.tracking.uri or ""},
+                  TRACKING_KEY: redact_text(cfg.tracking.uri or "")},
     )
 
 
@@ -248,7 +254,8 @@ class JobsClient:
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run (servers); the run id and store otherwise."""
+    """The MLflow UI page of a run (servers); the run id and store otherwise (no credentials)."""
+    tracking_uri = strip_userinfo(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"run {run_id} in {tracking_uri}"

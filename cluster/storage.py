@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from pretrain.config.schema import ClusterConfig
+from pretrain.train.store import CheckpointStore
 
 S3_SCHEME = "s3://"
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -82,3 +83,25 @@ def resolve_storage(cluster: ClusterConfig, env: Mapping[str, str] | None = None
 def run_uri(cluster: ClusterConfig, name: str) -> str:
     """Where one run's checkpoints live, as a URI or absolute path (for tags and messages)."""
     return f"{storage_uri(cluster.storage_path)}/{name}"
+
+
+def store_at(uri: str, endpoint: str | None = None, region: str | None = None,
+             env: Mapping[str, str] | None = None) -> CheckpointStore:
+    """The checkpoint store of one run folder given as a URI or local path (as in
+    :func:`run_uri`); ``s3://`` uses ``endpoint``, else the environment's endpoint."""
+    env = os.environ if env is None else env
+    uri = storage_uri(uri)
+    if is_s3(uri):
+        endpoint = endpoint or first_env(ENDPOINT_ENV, env)
+        region = region or first_env(REGION_ENV, env)
+        return CheckpointStore(s3_filesystem(endpoint, region), uri.removeprefix(S3_SCHEME).strip("/"))
+    if "://" in uri:  # gs://, hdfs://, ...: whatever pyarrow resolves
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return CheckpointStore(fs, path.rstrip("/"))
+    return CheckpointStore(pafs.LocalFileSystem(), uri)
+
+
+def run_store(cluster: ClusterConfig, name: str,
+              env: Mapping[str, str] | None = None) -> CheckpointStore:
+    """Where run ``name``'s checkpoints live, as a :class:`CheckpointStore`."""
+    return store_at(run_uri(cluster, name), cluster.storage_endpoint, cluster.storage_region, env)

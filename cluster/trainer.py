@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.storage import resolve_storage, run_uri
+from cluster.storage import resolve_storage, run_store, run_uri
 from pretrain.config.schema import ClusterConfig
+from pretrain.tracking.metrics import UNSENT_FILE
+from pretrain.train import checkpoint as ckpt
+from pretrain.train.store import CheckpointRejected
+
+log = logging.getLogger("pretrain.run")
+# What the driver reads from the final checkpoint (state, carried metrics, encoder): verified
+# against the manifest before it is used; the engine's files are the workers' business.
+DRIVER_FILES = (ckpt.STATE_NAME, UNSENT_FILE, f"{ckpt.ENCODER_DIR}/")
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -61,15 +72,19 @@ def worker_cause(err: ray.train.WorkerGroupError) -> BaseException:
 
 
 def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
-        cluster: ClusterConfig, name: str, keep: int) -> FitResult:
+        cluster: ClusterConfig, name: str, keep: int | None = None) -> FitResult:
     """Run ``train_fn(payload)`` on ``cluster.num_workers`` Ray Train workers.
 
-    Re-running with the same ``name`` and storage resumes from the latest checkpoint (Ray Train
-    restores its checkpoint manager from storage); lost workers are replaced up to
-    ``cluster.max_failures`` times, each time from the latest checkpoint. Checkpoints go to
-    ``cluster.storage_path`` (local or ``s3://``, see :mod:`cluster.storage`)."""
+    Checkpoints go to ``<cluster.storage_path>/<name>`` (local or ``s3://``, see
+    :mod:`cluster.storage`), written by the workers themselves with a hash manifest (see
+    :mod:`pretrain.train.resume`), not registered with Ray Train: re-running with the same
+    ``name`` resumes from the newest checkpoint on storage that verifies, and lost workers are
+    replaced up to ``cluster.max_failures`` times, each time the same way. The result's
+    checkpoint is the newest one whose driver-side files verify (None: there is none).
+    ``keep`` is not used: the workers prune, by the ``checkpoint.keep`` of their config."""
     use_gpu = resolve_use_gpu(cluster)
     storage = resolve_storage(cluster)
+    drop_ray_snapshot(cluster, name)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=payload,
@@ -80,12 +95,41 @@ def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
             name=name,
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=keep),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.WorkerGroupError as err:
         raise worker_cause(err) from err
-    return FitResult(checkpoint=result.checkpoint, storage_dir=storage_dir(cluster, name))
+    return FitResult(checkpoint=final_checkpoint(cluster, name),
+                     storage_dir=storage_dir(cluster, name))
+
+
+def drop_ray_snapshot(cluster: ClusterConfig, name: str) -> bool:
+    """Delete Ray Train's checkpoint index left in the run folder by an older version of this
+    project, which registered checkpoints with Ray: Ray refuses to start a run whose index names
+    a folder that is gone (``CheckpointManagerInitializationError``), and pruning deletes such
+    folders. Nothing is registered with Ray any more, so the file has no other use. Returns
+    True when one was deleted."""
+    store = run_store(cluster, name)
+    path = store.path(RAY_SNAPSHOT)
+    if store.filesystem.get_file_info(path).type != pafs.FileType.File:
+        return False
+    store.filesystem.delete_file(path)
+    log.warning("deleted %s left by an older version (Ray Train no longer indexes checkpoints)",
+                path)
+    return True
+
+
+def final_checkpoint(cluster: ClusterConfig, name: str) -> ray.train.Checkpoint | None:
+    """The newest checkpoint of run ``name`` whose driver-side files verify, in storage."""
+    store = run_store(cluster, name)
+
+    def skipped(rejected: CheckpointRejected) -> None:
+        log.warning("skipping checkpoint %s", rejected)
+
+    with store.newest(DRIVER_FILES, on_skip=skipped) as found:
+        if found is None:
+            return None
+        return ray.train.Checkpoint(path=store.path(found.name), filesystem=store.filesystem)

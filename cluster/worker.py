@@ -10,7 +10,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cluster.reporter import RayReporter
+from cluster.storage import run_store
 from pretrain.config.schema import RunConfig
 from pretrain.train.loop import WorkerContext, fit
 
@@ -33,5 +33,5 @@ def train_worker(payload: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.cluster.cpus_per_worker)
     ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
                         device=device)
-    fit(cfg, ctx, RayReporter(), tracking_uri=payload.get("tracking_uri"),
+    fit(cfg, ctx, run_store(cfg.cluster, cfg.name), tracking_uri=payload.get("tracking_uri"),
         run_id=payload.get("run_id"))

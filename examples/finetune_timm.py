@@ -1,21 +1,30 @@
 """Finetune a pretrained encoder with plain timm + PyTorch: what `pretrain finetune` does.
 
-    python examples/finetune_timm.py models:/invariant-encoder@latest \
+The pulled folder is a timm model folder (config.json in timm's format + model.safetensors), so
+timm opens it by itself; nothing from this project is imported here.
+
+    pretrain pull models:/invariant-encoder/latest --out enc/
+    python examples/finetune_timm.py enc/ \
         '../shared/data/cifar10/train-{000000..000009}.tar' \
         '../shared/data/cifar10/test-{000000..000001}.tar' 10
+
+(An encoder trained with `encoder.stem=cifar` needs `pretrain.encoder.apply_stem` first: see its
+model card.)
 """
 import sys
 
+import timm
 import torch
 import torch.nn.functional as F
 import webdataset as wds
 from torchvision.transforms import v2 as T
 
-from pretrain.hub import load_encoder
-
-model_uri, train_shards, test_shards, num_classes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-model = load_encoder(model_uri)  # a timm model; weights read with safetensors, nothing unpickled
-model.reset_classifier(num_classes)  # timm's own linear head on the pooled features
+folder, train_shards, test_shards = sys.argv[1:4]
+num_classes = int(sys.argv[4])
+# timm reads the architecture, its arguments, input size, mean and std from config.json and the
+# weights from model.safetensors (never a pickle when that file is there); num_classes adds a
+# fresh linear head on the pooled features.
+model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=num_classes)
 cfg = model.pretrained_cfg
 prep = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Resize(cfg["input_size"][1:]),
                   T.Normalize(cfg["mean"], cfg["std"])])

@@ -156,8 +156,9 @@ class SeqJEPA(Objective):
         embedded = self.embed_actions(actions)[0] if self.action_embed is not None else None
         return self.aggregate(z, embedded)
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
-        """Views ``0..M-1`` observed, view ``M`` the target; actions ``batch.relative[action]``."""
+    def _sequence(self, batch: ViewBatch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Online encodings ``B x M x D`` of the observed views, the EMA target's encoding of the
+        target view, and the ``B x M x A`` actions (``None`` without action conditioning)."""
         m = len(batch.views) - 1
         if m < 1:
             raise ValueError(f"seq-JEPA needs observed views + 1 target, got {len(batch.views)} views")
@@ -167,12 +168,36 @@ class SeqJEPA(Objective):
                            f"(recipe 'sequence'); the batch has {sorted(batch.relative)}")
         z = self.encode_sequence(batch.views[:m])
         target = self.target_encoder(batch.views[m])
+        return z, target, actions if self.action_embed is not None else None
+
+    def _predict(self, z: Tensor, actions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The predictor's output for the target and ``z_AGG``, from encodings and actions."""
         embedded = target_action = None
-        if self.action_embed is not None:
+        if actions is not None:
             embedded, target_action = self.embed_actions(actions)
         agg = self.aggregate(z, embedded)
         pred_in = agg if target_action is None else torch.cat([agg, target_action.to(agg.dtype)], 1)
-        loss = negative_cosine_loss(self.predictor(pred_in), target)
+        return self.predictor(pred_in), agg
+
+    @torch.no_grad()
+    def predictor_losses(self, batch: ViewBatch, permutation: Tensor) -> dict[str, Tensor]:
+        """The loss ``1 - cos(pred, target)`` with the true actions (``true``), with every row's
+        actions taken from row ``permutation[i]`` (``shuffled``; the same dropout masks), and
+        with the target predicted as the last observed view's encoding (``no_change``)."""
+        z, target, actions = self._sequence(batch)
+        rng = torch.get_rng_state()
+        true = negative_cosine_loss(self._predict(z, actions)[0], target)
+        torch.set_rng_state(rng)
+        shuffled = negative_cosine_loss(
+            self._predict(z, None if actions is None else actions[permutation])[0], target)
+        return {"true": true, "shuffled": shuffled,
+                "no_change": negative_cosine_loss(z[:, -1], target)}
+
+    def forward(self, batch: ViewBatch) -> LossOutput:
+        """Views ``0..M-1`` observed, view ``M`` the target; actions ``batch.relative[action]``."""
+        z, target, actions = self._sequence(batch)
+        prediction, agg = self._predict(z, actions)
+        loss = negative_cosine_loss(prediction, target)
         return LossOutput(loss=loss, terms={"cosine": (1.0 - loss).detach()},
                           embeddings={"backbone": z[:, 0].detach(), "aggregate": agg.detach()})
 

@@ -34,6 +34,8 @@ from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import Preprocess, encode, prepare
 from pretrain.probes.offline import SourceInfo, _experiment, describe_source
 from pretrain.probes.probeset import ProbeSet, load_probe_set, probe_set_from_shards
+from pretrain.progress import Progress
+from pretrain.tracking.context import mlflow_run
 from pretrain.tracking.runs import resolve_tracking_uri
 
 log = logging.getLogger("pretrain.finetune")
@@ -98,27 +100,32 @@ class _PreLogits(nn.Module):
 
 def _minibatch_epochs(params, n: int, batch_loss: Callable[[Tensor], Tensor | None],
                       epochs: int, lr: float, weight_decay: float, batch_size: int,
-                      g: torch.Generator, on_epoch: Callable[[int, float], None]) -> float:
+                      g: torch.Generator, on_epoch: Callable[[int, float], None],
+                      progress: Progress | None = None) -> float:
     """AdamW with a cosine schedule over ``epochs`` seeded shuffles of ``n`` rows;
     ``batch_loss(indices)`` gives a batch's mean loss, or None to skip the batch. Calls
-    ``on_epoch(epoch, mean loss)`` and returns the last epoch's mean loss."""
+    ``on_epoch(epoch, mean loss)``, ``progress(batches done, batches, stage)`` after each batch,
+    and returns the last epoch's mean loss."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, max(epochs * math.ceil(n / batch_size), 1))
     loss_value = math.nan
+    per_epoch = math.ceil(n / batch_size)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=g)
         total, seen = 0.0, 0
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             loss = batch_loss(idx)
-            if loss is None:
-                continue
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + float(loss.detach()) * idx.numel(), seen + idx.numel()
+            if loss is not None:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total, seen = total + float(loss.detach()) * idx.numel(), seen + idx.numel()
+            if progress is not None:
+                progress(epoch * per_epoch + start // batch_size + 1, epochs * per_epoch,
+                         f"epoch {epoch + 1}/{epochs}")
         loss_value = total / max(seen, 1)
         on_epoch(epoch, loss_value)
     return loss_value
@@ -126,7 +133,8 @@ def _minibatch_epochs(params, n: int, batch_loss: Callable[[Tensor], Tensor | No
 
 def _train_head(model: nn.Module, feats: Tensor, labels: Tensor, epochs: int, lr: float,
                 weight_decay: float, batch_size: int, g: torch.Generator, device: str,
-                on_epoch: Callable[[int, float], None]) -> float:
+                on_epoch: Callable[[int, float], None], progress: Progress | None = None
+                ) -> float:
     """Only the classifier, on features extracted once (``--linear-only``)."""
     head = model.get_classifier()
 
@@ -134,12 +142,13 @@ def _train_head(model: nn.Module, feats: Tensor, labels: Tensor, epochs: int, lr
         return F.cross_entropy(head(feats[idx].to(device)), labels[idx].to(device))
 
     return _minibatch_epochs(head.parameters(), feats.shape[0], batch_loss, epochs, lr,
-                             weight_decay, batch_size, g, on_epoch)
+                             weight_decay, batch_size, g, on_epoch, progress)
 
 
 def _train_full(model: nn.Module, images: Tensor, labels: Tensor, pre: Preprocess, epochs: int,
                 lr: float, weight_decay: float, batch_size: int, g: torch.Generator,
-                device: str, on_epoch: Callable[[int, float], None]) -> float:
+                device: str, on_epoch: Callable[[int, float], None],
+                progress: Progress | None = None) -> float:
     """Encoder and classifier together, on images with random horizontal flips."""
 
     def batch_loss(idx: Tensor) -> Tensor | None:
@@ -153,7 +162,7 @@ def _train_full(model: nn.Module, images: Tensor, labels: Tensor, pre: Preproces
     model.train()
     try:
         return _minibatch_epochs(model.parameters(), images.shape[0], batch_loss, epochs, lr,
-                                 weight_decay, batch_size, g, on_epoch)
+                                 weight_decay, batch_size, g, on_epoch, progress)
     finally:
         model.eval()
 
@@ -165,7 +174,8 @@ def finetune(model_uri: str | Path, data: str, epochs: int = 1, lr: float = 1e-3
              max_train: int | None = None, max_test: int | None = None,
              image_size: int | None = None, device: str | None = None, seed: int = 0,
              experiment: str | None = None, alias: str | None = None,
-             out_dir: str | Path | None = None) -> FinetuneResult:
+             out_dir: str | Path | None = None,
+             progress: Progress | None = None) -> FinetuneResult:
     """Finetune the encoder ``model_uri`` (``models:/``, ``runs:/`` or a folder) on ``data``.
 
     Logs an MLflow run (params, ``train/loss`` per epoch, ``test/accuracy``), writes the
@@ -198,10 +208,8 @@ def finetune(model_uri: str | Path, data: str, epochs: int = 1, lr: float = 1e-3
         tags[f"{TAG}source_run_id"] = source.run_id
     if source.model_version:
         tags[f"{TAG}model_version"] = f"{source.model_name}/{source.model_version}"
-    run = client.create_run(_experiment(client, uri, source.run_id, experiment),
-                            run_name=f"finetune {source.label}", tags=tags)
-    run_id = run.info.run_id
-    try:
+    with mlflow_run(client, _experiment(client, uri, source.run_id, experiment),
+                    run_name=f"finetune {source.label}", tags=tags) as run_id:
         params = {"model_uri": source.uri, "data": data, "test_data": test_data, "epochs": epochs,
                   "lr": lr, "linear_only": linear_only, "batch_size": batch_size,
                   "weight_decay": weight_decay, "num_classes": num_classes, "seed": seed,
@@ -220,23 +228,22 @@ def finetune(model_uri: str | Path, data: str, epochs: int = 1, lr: float = 1e-3
                 p.requires_grad_(True)
             feats = encode(_PreLogits(model), labeled.images[tr], pre=pre, device=device)
             loss = _train_head(model, feats, labeled.labels[tr], epochs, lr, weight_decay,
-                               batch_size, g, device, on_epoch)
+                               batch_size, g, device, on_epoch, progress)
         else:
             loss = _train_full(model, labeled.images[tr], labeled.labels[tr], pre, epochs, lr,
-                               weight_decay, batch_size, g, device, on_epoch)
+                               weight_decay, batch_size, g, device, on_epoch, progress)
         model.eval()
         test_acc = accuracy(model, labeled.images[te], labeled.labels[te], pre, device)
         client.log_metric(run_id, "test/accuracy", test_acc, step=epochs)
         registered, kept = None, None
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(out_dir) if out_dir is not None else Path(tmp) / "classifier"
-            write_classifier(model, target, architecture=config["architecture"],
-                             model_kwargs=config.get("model_kwargs", {}),
-                             num_classes=num_classes, input_size=config["input_size"],
-                             mean=config["mean"], std=config["std"],
-                             extra={"classes": labeled.classes, "source_model": source.uri,
-                                    "source_run_id": source.run_id, "finetune_run_id": run_id,
-                                    "linear_only": linear_only, "test_accuracy": test_acc})
+            write_classifier(model, target, encoder=config, num_classes=num_classes,
+                             label_names=labeled.classes
+                             if len(labeled.classes or []) == num_classes else None,
+                             extra={"source_model": source.uri, "source_run_id": source.run_id,
+                                    "run_id": run_id, "linear_only": linear_only,
+                                    "test_accuracy": test_acc})
             if registry_name:
                 registered = register_classifier(
                     uri, run_id, target, registry_name, alias,
@@ -245,10 +252,6 @@ def finetune(model_uri: str | Path, data: str, epochs: int = 1, lr: float = 1e-3
                     description=f"Finetuned from {source.uri} on {data}: test accuracy "
                                 f"{100 * test_acc:.2f}% ({te.numel()} images)")
             kept = str(target) if out_dir is not None else None
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
     return FinetuneResult(run_id=run_id, test_accuracy=test_acc, train_loss=loss,
                           num_classes=num_classes, train_samples=tr.numel(),
                           test_samples=te.numel(), registered=registered, model_dir=kept,

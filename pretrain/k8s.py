@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from pretrain.config.load import ConfigError, build_config, config_to_yaml
+from pretrain.config.load import ConfigError, build_config, config_to_yaml, refuse_secrets
+from pretrain.config.redact import strip_userinfo
 from pretrain.config.schema import RunConfig
 
 RAY_VERSION = "2.60.0"  # the Ray in the platform image (docker/Dockerfile); a test keeps them equal
@@ -59,7 +60,9 @@ def cluster_config(cfg: RunConfig, gpus: int = 0) -> RunConfig:
     The driver joins the RayJob's own cluster through ``$RAY_ADDRESS`` (so ``cluster.address`` is
     cleared), GPUs are used exactly when ``gpus > 0``, and a local tracking store gives way to the
     MLflow server named by ``$MLFLOW_TRACKING_URI`` (from the ``platform-config`` ConfigMap).
-    Checkpoints must go to shared storage: pods do not share a file system."""
+    Checkpoints must go to shared storage: pods do not share a file system. Credentials never
+    go into the ConfigMap: the tracking URI loses its userinfo, any other credential is refused
+    (the pods get theirs from the Secrets in ``k8s/base/secrets.example.md``)."""
     if "://" not in cfg.cluster.storage_path:
         raise ConfigError(
             f"cluster.storage_path: {cfg.cluster.storage_path!r} is a local path, not shared "
@@ -69,7 +72,11 @@ def cluster_config(cfg: RunConfig, gpus: int = 0) -> RunConfig:
     uri = tree["tracking"]["uri"]
     if uri is not None and not uri.startswith(("http://", "https://")):
         tree["tracking"]["uri"] = None
-    return build_config(tree)
+    elif uri is not None:
+        tree["tracking"]["uri"] = strip_userinfo(uri)
+    shipped = build_config(tree)
+    refuse_secrets(shipped, "the job's ConfigMap")
+    return shipped
 
 
 def render_rayjob(cfg: RunConfig, image: str, gpus: int = 0, name: str | None = None,

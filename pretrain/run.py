@@ -15,8 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.config.load import config_to_yaml, flatten
+from pretrain.config.compat import data_problem
+from pretrain.config.load import ConfigError, config_to_yaml, flatten
+from pretrain.config.redact import redact_text
 from pretrain.config.schema import RunConfig
+from pretrain.data.errors import DataError
 from pretrain.data.prepare import prepare_data, prepare_probe_data
 from pretrain.export import read_config
 from pretrain.registry import VERSION_TAG, RegisteredEncoder, log_and_register
@@ -29,8 +32,27 @@ log = logging.getLogger("pretrain.run")
 REGISTERED_STEP_TAG = "pretrain.registered_step"
 
 
-class JobStopped(Exception):
-    """SIGTERM reached the driver: ``pretrain stop`` (Ray stops a job's entrypoint with it)."""
+class JobStopped(KeyboardInterrupt):
+    """SIGTERM reached the driver: ``pretrain stop`` (Ray stops a job's entrypoint with it).
+
+    A ``KeyboardInterrupt`` on purpose: while the driver waits inside ``ray.get`` (all of
+    ``trainer.fit``), Ray turns only a ``KeyboardInterrupt`` raised by a signal handler into an
+    exception of ``ray.get``; any other exception stays pending until the call returns, which
+    for a stopped job is never (Ray sends SIGKILL 3 s later), so the run stayed RUNNING. Ray
+    re-raises a plain ``KeyboardInterrupt``, hence :func:`stopped_by_sigterm`."""
+
+
+class RunFailed(RuntimeError):
+    """Training failed for a reason outside the config and data (a lost worker, a crash); the
+    message is one line that says how to resume."""
+
+
+_sigterm_seen = threading.Event()
+
+
+def stopped_by_sigterm() -> bool:
+    """Whether SIGTERM arrived inside :func:`sigterm_raises_job_stopped` in this process."""
+    return _sigterm_seen.is_set()
 
 
 @contextlib.contextmanager
@@ -43,6 +65,7 @@ def sigterm_raises_job_stopped():
         return
 
     def stop(signum: int, frame: object) -> None:
+        _sigterm_seen.set()
         raise JobStopped("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -64,48 +87,89 @@ class RunSummary:
     seconds: float
 
 
-def run(cfg: RunConfig, progress=None) -> RunSummary:
-    """Train ``cfg`` (resuming a run of the same name), then export and register its encoder."""
+def run(cfg: RunConfig, progress=None, *, allow_config_change: bool = False) -> RunSummary:
+    """Train ``cfg`` (resuming a run of the same name), then export and register its encoder.
+
+    Everything a user can get wrong is checked before Ray starts and raises a one-line
+    ``ConfigError``/``DataError``/``TrackingUnreachable``: the MLflow server answers, the data
+    exists and suffices, objective/recipe/data fit together, and a resumed run keeps its config
+    (``allow_config_change`` lifts that). A stopped run ends KILLED in MLflow, a failed one FAILED.
+    """
+    from cluster import trainer
+
+    started = time.perf_counter()
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_reachable(tracking_uri)  # seconds, not MLflow's minutes of retries
+    cfg = prepare_data(cfg, progress=progress)
+    plan = plan_training(cfg, cfg.cluster.num_workers)  # bad data fails here, before Ray starts
+    problem = data_problem(cfg, plan.urls[0])
+    if problem is not None:
+        raise ConfigError(problem)
+    cfg = prepare_probe_data(cfg)
+    with sigterm_raises_job_stopped():
+        run_id, resumed = tracking.start_or_resume_run(
+            tracking_uri, cfg.tracking.experiment, cfg.name, flatten(cfg), config_to_yaml(cfg),
+            allow_config_change=allow_config_change)
+        storage = trainer.storage_dir(cfg.cluster, cfg.name)
+        tracking.set_tags(tracking_uri, run_id, {"pretrain.storage": storage,
+                                                 "pretrain.total_steps": str(plan.total_steps)})
+        log.info("%s MLflow run %s (%s)", "resuming" if resumed else "started", run_id,
+                 redact_text(tracking_uri))
+        final_step, encoder_dir, registered = _train_and_finish(cfg, tracking_uri, run_id)
+    tracking.end_run(tracking_uri, run_id)
+    return RunSummary(run_name=cfg.name, run_id=run_id, tracking_uri=tracking_uri,
+                      final_step=final_step, plan=plan, encoder_dir=encoder_dir,
+                      registered=registered, seconds=time.perf_counter() - started)
+
+
+def _train_and_finish(cfg: RunConfig, tracking_uri: str, run_id: str):
+    """Ray Train, then :func:`_finish`; ends the MLflow run KILLED or FAILED when that fails."""
     from cluster import trainer
     from cluster.worker import train_worker
 
-    started = time.perf_counter()
-    cfg = prepare_probe_data(prepare_data(cfg, progress=progress))
-    plan = plan_training(cfg, cfg.cluster.num_workers)  # bad data fails here, before Ray starts
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    run_id, resumed = tracking.start_or_resume_run(
-        tracking_uri, cfg.tracking.experiment, cfg.name, flatten(cfg), config_to_yaml(cfg))
-    storage = trainer.storage_dir(cfg.cluster, cfg.name)
-    tracking.set_tags(tracking_uri, run_id, {"pretrain.storage": storage,
-                                             "pretrain.total_steps": str(plan.total_steps)})
-    log.info("%s MLflow run %s (%s)", "resuming" if resumed else "started", run_id, tracking_uri)
-    started_ray = trainer.connect(cfg.cluster)
+    started_ray = False
     try:
+        started_ray = trainer.connect(cfg.cluster)
+        # ray.init installs its own SIGTERM handler (it logs and aborts): ours goes on top again.
         with sigterm_raises_job_stopped():
             result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
                                                 "tracking_uri": tracking_uri, "run_id": run_id},
-                                 cluster=cfg.cluster, name=cfg.name,
-                                 keep=cfg.checkpoint.keep)
-            if result.checkpoint is None:
-                raise RuntimeError(f"run {cfg.name} produced no checkpoint")
-            with result.checkpoint.as_directory() as local:
-                final_step, encoder_dir, registered = _finish(cfg, Path(local), tracking_uri,
-                                                              run_id)
-    except (JobStopped, KeyboardInterrupt):
+                                 cluster=cfg.cluster, name=cfg.name, keep=cfg.checkpoint.keep)
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {cfg.name} produced no checkpoint")
+        with result.checkpoint.as_directory() as local:
+            return _finish(cfg, Path(local), tracking_uri, run_id)
+    except KeyboardInterrupt:
+        # First, while Ray may still give us 3 s: the run must not stay RUNNING.
         tracking.end_run(tracking_uri, run_id, status="KILLED")
+        if stopped_by_sigterm():
+            raise JobStopped(f"run {cfg.name} stopped; {resume_hint(cfg)}") from None
         raise
-    except BaseException:
+    except (ConfigError, DataError, tracking.TrackingUnreachable):
         tracking.end_run(tracking_uri, run_id, status="FAILED")
+        raise
+    except BaseException as exc:
+        tracking.end_run(tracking_uri, run_id, status="FAILED")
+        if isinstance(exc, Exception):
+            raise RunFailed(f"run {cfg.name} failed: {_first_line(exc)}; {resume_hint(cfg)}"
+                            ) from exc
         raise
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-    tracking.end_run(tracking_uri, run_id)
-    return RunSummary(run_name=cfg.name, run_id=run_id, tracking_uri=tracking_uri,
-                      final_step=final_step, plan=plan, encoder_dir=encoder_dir,
-                      registered=registered, seconds=time.perf_counter() - started)
+
+
+def resume_hint(cfg: RunConfig) -> str:
+    """How to continue a run that stopped: the same name resumes from its last checkpoint."""
+    return (f"re-run with the same config (name={cfg.name}) to resume from its last checkpoint "
+            f"in {cfg.cluster.storage_path}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _finish(cfg: RunConfig, checkpoint_dir: Path, tracking_uri: str, run_id: str):
@@ -134,8 +198,7 @@ def _finish(cfg: RunConfig, checkpoint_dir: Path, tracking_uri: str, run_id: str
             tracking_uri, run_id, encoder_src, cfg.registry.name, cfg.registry.alias,
             tags={"objective": cfg.objective.name, "step": str(state.step),
                   "run_name": cfg.name, **summary_tags(probe_metrics)},
-            description=f"{cfg.objective.name} encoder from run {cfg.name} at step {state.step}; "
-                        "probe results in the version tags and the run's probes/ artifacts")
+            metrics=probe_metrics)  # the version's description is the model card
         tracking.set_tags(tracking_uri, run_id, {REGISTERED_STEP_TAG: str(state.step)})
     return state.step, str(encoder_src), registered
 

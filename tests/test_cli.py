@@ -19,6 +19,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", [
     [], ["run"], ["data"], ["data", "synth3d"], ["data", "import"], ["data", "inspect"],
     ["export"], ["pull"], ["bench"], ["ui"], ["probe"], ["finetune"], ["k8s"], ["k8s", "render"],
+    ["submit"], ["status"], ["logs"], ["stop"], ["jobs"],
 ])
 def test_help_on_every_command(command):
     result = cli(*command, "--help")
@@ -83,7 +84,9 @@ def test_synth3d_import_inspect_round_trip(tmp_path):
     assert "views/s" in result.stdout
     report = cli("data", "inspect", str(out))
     assert report.returncode == 0, report.stderr
-    assert "6" in report.stdout  # 3 classes x 2 instances
+    # 3 classes x 2 instances, every one read and listed in the index
+    assert "samples:       6 read; index/scan lists 6\n" in report.stdout, report.stdout
+    assert "classes:       0 (box): 2, 1 (ellipsoid): 2, 2 (cylinder): 2\n" in report.stdout
     folder = tmp_path / "images" / "cat"
     folder.mkdir(parents=True)
     from PIL import Image
@@ -93,3 +96,74 @@ def test_synth3d_import_inspect_round_trip(tmp_path):
     imported = cli("data", "import", str(tmp_path / "images"), "--out", str(tmp_path / "imp"))
     assert imported.returncode == 0, imported.stderr
     assert len(list((tmp_path / "imp").glob("*.tar"))) == 1
+    # one line per stage on stderr (the per-file progress bar with its ETA is on stdout)
+    assert f"found 3 files (1 classes) in {tmp_path / 'images'}" in imported.stderr
+    assert "wrote 1 shard(s) and index.json" in imported.stderr
+    assert "wrote 3 images (1 classes) in 1 shard(s)" in imported.stdout
+
+
+def test_inspect_with_no_readable_sample_exits_2(tmp_path):
+    from pretrain.data.writer import ShardSetWriter
+
+    with ShardSetWriter(tmp_path / "bad", shard_size=4) as writer:
+        for i in range(3):
+            writer.write(f"s{i}", {"png": b"not a png"})
+    result = cli("data", "inspect", str(tmp_path / "bad"))
+    assert "unreadable:    3 (100.00%)" in result.stdout  # the report is still printed
+    _one_line_usage_error(result, "no readable sample (3 read, 3 unreadable")
+
+
+def _image_set(tmp_path: Path) -> Path:
+    """A tiny imported shard set of plain images (no latents)."""
+    from PIL import Image
+
+    from pretrain.data.importer import import_image_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    return import_image_folder(folder, tmp_path / "shards").out_dir
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # the recipe makes no view pairs: caught while the config is validated
+    (["objective.name=sie", "augment.recipe=vicreg"], ["augment.recipe", "sie", "pair"]),
+    # latent actions from views cut out of one image
+    (["objective.name=sie"], ["augment.source", "objective.sie.action=augment"]),
+    # seq-JEPA's rotation actions need latents that image data does not have
+    (["objective.name=seq_jepa", "augment.source=distinct", "data.views=4"],
+     ["objective.seq_jepa.action", "quaternion"]),
+])
+def test_objective_recipe_data_mismatch_stops_before_anything_starts(
+        tmp_path, monkeypatch, overrides, needles):
+    # Issue 11 item 9: these ran into 6 tracebacks after 76-83 s of Ray start-up.
+    import ray
+
+    from pretrain.config import ConfigError, load_config
+    from pretrain.run import run
+
+    shards = _image_set(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    with pytest.raises(ConfigError) as caught:
+        run(load_config(None, [f"data.path={shards}", "data.batch_size=2", *overrides]))
+    for needle in needles:
+        assert needle in str(caught.value)
+    assert list(work.iterdir()) == []  # no MLflow store or run, no probe data rendered
+
+
+def test_objective_data_mismatch_is_one_line_exit_2(tmp_path):
+    shards = _image_set(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  path: {shards}\n  batch_size: 2\n")
+    result = cli("run", str(config), "objective.name=seq_jepa", "augment.source=distinct",
+                 "data.views=4", cwd=tmp_path)
+    _one_line_usage_error(result, "objective.seq_jepa.action", "quaternion")

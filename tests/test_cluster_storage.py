@@ -1,5 +1,6 @@
 """Checkpoint storage: local paths and s3:// against a real S3-compatible server (moto, started
-on loopback by the test), with credentials only from the environment."""
+on loopback by the test), with credentials only from the environment; checkpoint folders on S3
+(manifest, verified download, pruning)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pyarrow.fs as pafs
 import pytest
 
 import cluster_fixtures as cf
-from cluster.storage import resolve_storage, run_uri
+from cluster.storage import resolve_storage, run_store, run_uri, store_at
 from pretrain.config import load_config
 from pretrain.config.load import ConfigError
 
@@ -76,3 +77,40 @@ def test_config_cannot_carry_credentials_and_checks_the_endpoint():
         load_config(None, ["encoder.model=test_resnet", "cluster.storage_endpoint=minio:9000"])
     with pytest.raises(ValueError, match="no bucket"):
         resolve_storage(_cluster("cluster.storage_path=s3://"))
+
+
+def test_checkpoint_store_on_s3_verifies_what_it_downloads(s3_env, tmp_path):
+    from test_checkpoint_store import FILES, newest_with_reasons, write_checkpoint
+
+    from pretrain.train.store import checkpoint_dir_name
+
+    store = run_store(_cluster("cluster.storage_path=s3://ckpts/ckpt-runs",
+                               f"cluster.storage_endpoint={s3_env.endpoint}"), "r1")
+    assert store.root == "ckpts/ckpt-runs/r1" and not store.is_local
+    assert store_at("s3://ckpts/ckpt-runs/r1", s3_env.endpoint).root == store.root
+    for step in (1, 2, 3):
+        write_checkpoint(store, step, FILES, tmp_path)
+    write_checkpoint(store, 4, FILES, tmp_path, publish=False)
+    keys = s3_env.keys("ckpt-runs/r1/")
+    assert f"ckpt-runs/r1/{checkpoint_dir_name(3)}/manifest.json" in keys
+    assert f"ckpt-runs/r1/{checkpoint_dir_name(4)}/manifest.json" not in keys
+
+    # Replace a file of checkpoint 3 behind the store's back (same size, other bytes).
+    states = "engine/mp_rank_00_model_states.pt"
+    s3_env.client().put_object(Bucket="ckpts", Key=f"ckpt-runs/r1/{checkpoint_dir_name(3)}/{states}",
+                               Body=b"x" * len(FILES[states]))
+    name, reasons = newest_with_reasons(store)
+    assert name == checkpoint_dir_name(2)
+    assert reasons == [f"{checkpoint_dir_name(4)}: no manifest (incomplete checkpoint)",
+                       f"{checkpoint_dir_name(3)}: {states}: SHA-256 does not match the manifest"]
+    # Remote files come down to a temporary folder, only those asked for, and verified there.
+    with store.open_checked(checkpoint_dir_name(3), ("encoder/",)) as local:
+        assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) \
+            == ["encoder/config.json", "encoder/model.safetensors"]
+        assert (local / "encoder/model.safetensors").read_bytes() == FILES["encoder/model.safetensors"]
+    assert not local.exists()
+
+    # Pruning checks sizes only (no download): with keep=2 the good checkpoint 2 survives.
+    assert store.prune(keep=2) == [checkpoint_dir_name(1)]
+    assert sorted({k.split("/")[2] for k in s3_env.keys("ckpt-runs/r1/")} - {""}) == [
+        checkpoint_dir_name(s) for s in (2, 3, 4)]

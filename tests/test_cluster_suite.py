@@ -154,16 +154,11 @@ def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
 
 
 def registered_step(stack: Stack, name: str) -> int:
-    """The step of the latest checkpoint Ray Train has registered for run ``name`` (0: none)."""
-    import json
-
-    try:
-        body = stack.s3.client().get_object(
-            Bucket=stack.s3.bucket, Key=f"runs/{name}/checkpoint_manager_snapshot.json")["Body"]
-    except Exception:  # no snapshot yet
-        return 0
-    latest = json.loads(body.read()).get("latest_checkpoint_result") or {}
-    return int(latest.get("checkpoint_dir_name", "checkpoint_0").split("_")[1])
+    """The step of the newest checkpoint of run ``name`` whose manifest is written (0: none):
+    the one a resume would start from."""
+    keys = stack.s3.keys(f"runs/{name}/checkpoint_")
+    return max((int(k.split("/")[2].split("_")[1]) for k in keys if k.endswith("/manifest.json")),
+               default=0)
 
 
 def wait_for_registered_checkpoint(stack: Stack, name: str, timeout: float = 300) -> None:
@@ -177,7 +172,7 @@ def resumed_steps(log: str) -> list[int]:
 
 
 def checkpoint_dirs(stack: Stack, name: str) -> set[str]:
-    """Checkpoint folders in the bucket (Ray's snapshot file shares the prefix)."""
+    """Checkpoint folders in the bucket."""
     parts = [key.split("/") for key in stack.s3.keys(f"runs/{name}/checkpoint_")]
     return {p[2] for p in parts if len(p) > 3}
 
@@ -289,7 +284,7 @@ def test_sigkilled_worker_is_replaced_and_the_run_ends_identical(stack, referenc
 
     code, out, err = follow(stack, capsys, job_id)
     assert code == 0, err[-2000:]
-    # The replacement group restored the latest registered checkpoint (rank 0 and rank 1).
+    # The replacement group restored the newest checkpoint with a manifest (rank 0 and rank 1).
     resumed = resumed_steps(out)
     assert len(resumed) == 2 and resumed[0] == resumed[1] >= registered
     assert_each_step_once(stack, run.info.run_id)
@@ -309,9 +304,11 @@ def test_stopped_job_resubmitted_resumes_and_ignores_a_half_written_checkpoint(
     assert code == 0 and "stopped" in out
     stopped_at = last_step(stack, run.info.run_id)
     assert stopped_at < STEPS, "the run ended before the stop"
+    # Issue 11 item 8: the driver marks the run KILLED before Ray's SIGKILL, steps intact.
+    assert stack.client().get_run(run.info.run_id).info.status == "KILLED"
     registered = registered_step(stack, "stopped")
 
-    # What a crash in the middle of an upload leaves: a newer folder Ray never registered.
+    # What a crash in the middle of an upload leaves: a newer folder without a manifest.
     bogus = "runs/stopped/checkpoint_000000099"
     stack.s3.client().put_object(Bucket=stack.s3.bucket, Key=f"{bogus}/train_state.json",
                                  Body=b'{"step": 99, "mlflow_run_id": null}')

@@ -227,3 +227,46 @@ def test_logger_keeps_metrics_while_the_server_is_down_and_reports_them():
     assert time.monotonic() - started < 1.0  # logging never waits for the server
     assert sorted({m.step for m in logger.unsent()}) == [1, 2, 3]
     assert logger.close(timeout=1.0) == [1, 2, 3]
+
+
+# --- the driver's final checkpoint ------------------------------------------------------------
+
+def test_final_checkpoint_is_the_newest_whose_driver_files_verify(tmp_path, caplog):
+    import logging
+
+    from test_checkpoint_store import FILES, write_checkpoint
+
+    from cluster.storage import run_store
+    from cluster.trainer import final_checkpoint
+    from pretrain.train.store import checkpoint_dir_name
+
+    cluster = load_config(None, ["encoder.model=test_resnet",
+                                 f"cluster.storage_path={tmp_path / 'runs'}"]).cluster
+    assert final_checkpoint(cluster, "r") is None
+    store = run_store(cluster, "r")
+    assert store.is_local and store.root == str(tmp_path / "runs" / "r")
+    for step in (1, 2, 3):
+        write_checkpoint(store, step, FILES, tmp_path)
+    weights = tmp_path / "runs" / "r" / checkpoint_dir_name(3) / "encoder" / "model.safetensors"
+    weights.write_bytes(bytes(reversed(weights.read_bytes())))  # same size, other bytes
+    # The engine's files are not the driver's: damage there does not reject checkpoint 2.
+    states = tmp_path / "runs" / "r" / checkpoint_dir_name(2) / "engine" / "mp_rank_00_model_states.pt"
+    states.write_bytes(bytes(reversed(states.read_bytes()[:-1])) + b"!")
+    with caplog.at_level(logging.WARNING, logger="pretrain.run"):
+        found = final_checkpoint(cluster, "r")
+    assert found.path == str(tmp_path / "runs" / "r" / checkpoint_dir_name(2))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping checkpoint {checkpoint_dir_name(3)}: encoder/model.safetensors: SHA-256 does "
+        "not match the manifest"]
+
+
+def test_an_old_ray_checkpoint_index_is_dropped_before_ray_reads_it(tmp_path):
+    from cluster.trainer import RAY_SNAPSHOT, drop_ray_snapshot
+
+    cluster = load_config(None, ["encoder.model=test_resnet",
+                                 f"cluster.storage_path={tmp_path / 'runs'}"]).cluster
+    assert not drop_ray_snapshot(cluster, "r")  # no run folder yet
+    snapshot = tmp_path / "runs" / "r" / RAY_SNAPSHOT
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_000000008"}]}')
+    assert drop_ray_snapshot(cluster, "r") and not snapshot.exists()

@@ -123,6 +123,51 @@ def test_import_errors_name_the_folder(tmp_path) -> None:
     import_image_folder(tmp_path / "ok", tmp_path / "out3")
     with pytest.raises(DataError, match=str(tmp_path / "out3")):
         import_image_folder(tmp_path / "ok", tmp_path / "out3")
+    assert not (tmp_path / "out2").exists()  # a failed import leaves nothing under its name
+    assert not list(tmp_path.glob(".*importing*"))
+
+
+def test_import_skips_and_counts_a_file_with_an_io_error(tmp_path) -> None:
+    # Issue 11 item 12: an I/O error ended the import with a traceback and left 2 shards and no
+    # index.json. /proc/self/mem is a regular file whose first read fails with EIO, even as root.
+    root = tmp_path / "images" / "cat"
+    root.mkdir(parents=True)
+    for i in range(4):
+        (root / f"{i}.png").write_bytes(encoded(noise(2, 2, i), "PNG"))
+    (root / "2b.png").symlink_to("/proc/self/mem")
+    lines: list[str] = []
+    done: list[tuple[int, int]] = []
+    report = import_image_folder(tmp_path / "images", tmp_path / "out", shard_size=2,
+                                 progress=lambda d, t: done.append((d, t)), stage=lines.append)
+    assert (report.samples, report.unreadable, report.shards) == (4, 1, 2)
+    assert report.unreadable_files == [(str(root / "2b.png"),
+                                        "cannot read the file (Input/output error)")]
+    assert json.loads((tmp_path / "out" / INDEX_NAME).read_text())  # complete, with its index
+    assert done == [(i, 5) for i in range(1, 6)]
+    assert lines == [f"found 5 files (1 classes) in {tmp_path / 'images'}",
+                     f"wrote 2 shard(s) and {INDEX_NAME} to {tmp_path / 'out'}"]
+
+
+def test_interrupted_import_leaves_nothing_and_can_be_run_again(tmp_path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i}.png").write_bytes(encoded(noise(2, 2, i), "PNG"))
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 3:  # after the first shard was completed
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    out.mkdir()  # an existing empty folder is a valid target
+    with pytest.raises(KeyboardInterrupt):
+        import_image_folder(root, out, shard_size=2, progress=interrupt)
+    assert out.is_dir() and not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out"]
+    report = import_image_folder(root, out, shard_size=2)
+    assert (report.samples, report.shards) == (5, 3)
+    assert sorted(p.name for p in out.iterdir()) == [
+        INDEX_NAME, "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
 
 
 def test_inspect_imported_set(class_folder, tmp_path) -> None:

@@ -210,19 +210,40 @@ def test_too_many_bad_samples_raise(tmp_path, num_workers) -> None:
         run(loader)
 
 
-def test_skip_fraction_checked_before_the_range_ends(tmp_path) -> None:
-    with ShardSetWriter(tmp_path, shard_size=200) as writer:
-        for i in range(200):
-            writer.write(f"s{i:03d}", {"png": id_png(i) if i not in (1, 3) else b"broken"})
-    loader, plan = make_loader(expand_sources(tmp_path), [200], **loader_kwargs(
-        world_size=1, batch_size=10, num_workers=0))
+def _one_shard_with_bad(root: Path, count: int, bad: set[int]) -> list[str]:
+    with ShardSetWriter(root, shard_size=count) as writer:
+        for i in range(count):
+            writer.write(f"s{i:03d}", {"png": id_png(i) if i not in bad else b"broken"})
+    return expand_sources(root)
+
+
+def test_skip_fraction_is_judged_over_the_whole_range_not_a_prefix(tmp_path) -> None:
+    # Issue 11 item 10: 2 bad samples in 300 (0.67%) were stopped as "2/100 = 2.0% > 1.0%"
+    # because the fraction was checked on the first 100 samples.
+    urls = _one_shard_with_bad(tmp_path, 300, {1, 3})
+    loader, plan = make_loader(urls, [300], **loader_kwargs(world_size=1, batch_size=10,
+                                                            num_workers=0))
+    batches = run(loader)
+    assert len(batches) == plan.steps_per_epoch == 30
+    assert (batches[-1].skipped, batches[-1].seen, batches[-1].padded) == (2, 300, 2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_skip_limit_stops_once_certain_and_names_shard_and_counts(tmp_path, num_workers) -> None:
+    # 4 bad among the first 10 of 300: 4 > 1% of 300 is certain after the 10th sample, so the
+    # stream stops there instead of training on; with a loader worker process the message must
+    # still be ours (torch re-raises it as "Caught DataError in DataLoader worker process 0.").
+    urls = _one_shard_with_bad(tmp_path, 300, {0, 4, 6, 9})
+    loader, _ = make_loader(urls, [300], **loader_kwargs(world_size=1, batch_size=10,
+                                                         num_workers=num_workers))
     served = 0
-    with pytest.raises(DataError, match="shard-000000.tar"):
+    with pytest.raises(DataError) as caught:
         for _ in loader:
             served += 1
-    # 2 of the first 100 samples are bad (> 1%): the error comes when the 100th is read, after
-    # the 9 batches that the first 92 samples filled, long before the 20 planned batches.
-    assert (served, plan.steps_per_epoch) == (9, 20)
+    assert served == 0
+    assert str(caught.value) == (
+        "too many unreadable samples: 4 of 300 = 1.3% > max_skip_frac 1.0% (rank 0, loader "
+        f"worker 0); shards: {urls[0]} (4 of 10 read)")
 
 
 def test_missing_paths_and_empty_lists_name_the_path(tmp_path) -> None:

@@ -141,6 +141,13 @@ def test_mlflow_server_settings(built):
                      ["volumeMounts"]}
 
 
+def test_mlflow_auth_grants_nothing_by_default():
+    # Issue 11 item 2: default_permission = READ let every account read every run.
+    text = (kc.K8S / "base" / "secrets.example.md").read_text()
+    settings = dict(re.findall(r"^(\w+) = (.+)$", text, flags=re.MULTILINE))
+    assert settings["default_permission"] == "NO_PERMISSIONS"
+
+
 def _secret_references(node) -> set[tuple[str, str | None]]:
     """(secret name, key or None for a whole Secret) for every reference in a manifest."""
     found: set[tuple[str, str | None]] = set()

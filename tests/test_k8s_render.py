@@ -46,6 +46,14 @@ def test_render_round_trips_the_config(tmp_path):
     assert rayjob["spec"]["entrypoint"] == "pretrain run /config/run.yaml"
 
 
+def test_render_strips_tracking_credentials(tmp_path):
+    cfg = load_config(QUICKSTART, [S3, "tracking.uri=https://user:s3cr3t@mlflow.example.com"])
+    docs = render_rayjob(cfg, IMAGE)
+    assert "s3cr3t" not in yaml.safe_dump(docs)
+    loaded, _ = _run_yaml(docs, tmp_path)
+    assert loaded.tracking.uri == "https://mlflow.example.com"
+
+
 def test_render_with_two_gpus(tmp_path):
     cfg = load_config(QUICKSTART, [S3, "cluster.num_workers=4",
                                    "tracking.uri=http://mlflow.example.com"])
@@ -103,6 +111,13 @@ def test_render_yaml_is_the_same_documents():
     (IMAGE, 0, "Bad_Name", [S3], "--name"),
     (IMAGE, 0, "x" * 48, [S3], "--name"),
     (IMAGE, 0, None, [], "cluster.storage_path"),
+    # credentials never go into the ConfigMap (issue 11 item 2)
+    (IMAGE, 0, None, [S3, "data.path=https://data.example.com/s-{0..3}.tar?token=abc"],
+     "data.path: holds a credential"),
+    (IMAGE, 0, None, [S3, "cluster.storage_endpoint=http://KEY:SECRET@minio:9000"],
+     "cluster.storage_endpoint: holds a credential"),
+    (IMAGE, 0, None, [S3, "deepspeed.extra.monitor.api_key=abc"],
+     "deepspeed.extra.monitor.api_key: holds a credential"),
 ])
 def test_render_rejects_bad_input(image, gpus, name, overrides, needle):
     cfg = load_config(QUICKSTART, overrides)

@@ -47,8 +47,8 @@ def _independent_accuracy(model_dir: Path, test_dir: Path) -> float:
     config = json.loads((model_dir / "config.json").read_text())
     model = timm.create_model(config["architecture"], num_classes=config["num_classes"],
                               checkpoint_path=str(model_dir / "model.safetensors")).eval()
-    mean = torch.tensor(config["mean"]).view(3, 1, 1)
-    std = torch.tensor(config["std"]).view(3, 1, 1)
+    mean = torch.tensor(config["pretrained_cfg"]["mean"]).view(3, 1, 1)
+    std = torch.tensor(config["pretrained_cfg"]["std"]).view(3, 1, 1)
     images, labels = {}, {}
     for shard in sorted(test_dir.glob("*.tar")):
         with tarfile.open(shard) as tar:
@@ -98,14 +98,23 @@ def test_finetune_registers_a_classifier_whose_accuracy_checks_out(setup, tmp_pa
     plain = timm.create_model("test_resnet", num_classes=3,
                               checkpoint_path=str(files / "model.safetensors")).eval()
     torch.testing.assert_close(loaded(x), plain(x), rtol=0, atol=0)
+    # The classifier folder is a timm model folder too, class names included.
+    native = timm.create_model(f"local-dir:{files}", pretrained=True).eval()
+    torch.testing.assert_close(native(x), plain(x), rtol=0, atol=0)
+    assert native.pretrained_cfg["num_classes"] == 3
+    assert "model_args" in json.loads((files / "config.json").read_text())
+    assert "# colour-classifier, version 1" in version.description
 
 
 def test_linear_only_keeps_the_encoder_frozen(setup, tmp_path):
     root, uri, _, registered = setup
     out = tmp_path / "clf"
+    calls = []
     result = finetune(registered.uri, str(root / "train"), epochs=20, lr=1e-2, linear_only=True,
                       tracking_uri=uri, registry_name=None, test_data=str(root / "test"),
-                      out_dir=out)
+                      out_dir=out, progress=lambda *call: calls.append(call))
+    per_epoch = -(-48 // 64)  # 48 train images, batch 64: one batch per epoch
+    assert calls == [(e + 1, 20 * per_epoch, f"epoch {e + 1}/20") for e in range(20)]
     assert result.registered is None and result.model_dir == str(out)
     encoder = timm.create_model("test_resnet", num_classes=0)
     from pretrain.hub import load_encoder

@@ -137,7 +137,13 @@ def test_suite_reports_every_metric_and_restores_train_mode(synth3d_set):
     assert 1.0 <= metrics["probe/health/rankme"] <= encoder.num_features
     # A 2D-only set skips the 3D transformations instead of failing.
     flat = in_memory_set(probe_set.images, 24, probe_set.labels)
+    calls = []
     two_d = run_probe_suite(encoder, flat, cfg.model_copy(update={"mlp": False}),
-                            preprocess=Preprocess(size=32))
+                            preprocess=Preprocess(size=32),
+                            progress=lambda done, total, stage="": calls.append((done, total,
+                                                                                stage)))
+    stages = ["features", "linear and kNN probes",
+              *(f"transformation {t}" for t in cfg.transforms), "health"]
+    assert calls == [(i + 1, len(stages), stage) for i, stage in enumerate(stages)]
     assert not any(k.endswith(tuple(TRANSFORMS_3D)) for k in two_d)
     assert "probe/invariance/hue" in two_d and "probe/equivariance_r2_mlp/hue" not in two_d

@@ -10,7 +10,7 @@ import torch
 
 from augment import AugmentConfig, ViewAugmenter
 from augment.quaternion import random_quaternion
-from objectives.sie import SIE, SIEConfig, hypernetwork_predict, sie_loss, split_widths
+from objectives.sie import SIE, SIEConfig, hypernetwork_predict, init_basis, sie_loss, split_widths
 
 
 def test_predictor_matches_a_loop_over_the_basis() -> None:
@@ -129,3 +129,23 @@ def test_uneven_split_and_missing_action() -> None:
     batch.relative = {"augment": batch.relative["augment"]}
     with pytest.raises(KeyError, match="rotation_hue"):
         model(batch)
+
+
+@pytest.mark.parametrize(("how", "bound"), [("official", 0.5), ("scaled", 0.5 / 8.0), ("zero", 0.0)])
+def test_basis_init_bounds(how: str, bound: float) -> None:
+    """K = 4 actions, d = 64: official U(+-1/sqrt(K)), scaled U(+-1/sqrt(K d)), zero."""
+    torch.manual_seed(0)
+    basis = init_basis(4, 64, how)
+    assert basis.shape == (4, 64, 64)
+    assert float(basis.abs().max()) <= bound
+    assert float(basis.abs().max()) >= 0.99 * bound  # the bound is reached, not a smaller one
+    with pytest.raises(ValueError, match="basis_init"):
+        init_basis(4, 64, "xavier")
+
+
+def test_module_basis_follows_the_config() -> None:
+    encoder = timm.create_model("test_resnet", num_classes=0)
+    d = encoder.num_features
+    model = SIE(SIEConfig(basis_init="zero", expander_dims=[16, 16]), encoder, d)
+    assert not model.basis.any()
+    assert SIEConfig().basis_init == "scaled"

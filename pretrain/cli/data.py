@@ -46,7 +46,12 @@ def import_folder(
 
     if shard_size < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--shard-size")
-    report = import_image_folder(image_folder, out, shard_size=shard_size)
+    def stage(line: str) -> None:
+        typer.echo(line, err=True)
+
+    with progress_bar("importing images") as update:
+        report = import_image_folder(image_folder, out, shard_size=shard_size, progress=update,
+                                     stage=stage)
     labels = f"{len(report.classes)} classes" if report.classes else "unlabeled"
     typer.echo(f"wrote {report.samples} images ({labels}) in {report.shards} shard(s) to "
                f"{report.out_dir}; {report.reencoded} re-encoded, {report.unreadable} unreadable")
@@ -60,10 +65,17 @@ def inspect(
                                           "'data/train-{000000..000009}.tar'.")],
     max_samples: Annotated[int | None, typer.Option(help="Stop after this many samples.")] = None,
 ) -> None:
-    """Count samples, keys and classes; list unreadable samples."""
+    """Count samples, keys and classes; list unreadable samples. Exit code 2 when no sample
+    could be read."""
+    from pretrain.data.errors import DataError
     from pretrain.data.inspect import format_report, inspect_shards
 
-    typer.echo(format_report(inspect_shards(source, max_samples=max_samples)))
+    report = inspect_shards(source, max_samples=max_samples)
+    typer.echo(format_report(report))
+    if report.samples == report.unreadable:
+        raise DataError(f"{source}: no readable sample ({report.samples} read, "
+                        f"{report.unreadable} unreadable, {len(report.broken_shards)} broken "
+                        "shard(s))")
 
 
 def _validated(model, **values):

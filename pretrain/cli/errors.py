@@ -10,6 +10,7 @@ import typer
 from typer._click import exceptions as click_errors
 
 USAGE_EXIT = 2
+STOPPED_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
@@ -24,6 +25,14 @@ def usage_error_types() -> tuple[type[BaseException], ...]:
     from pretrain.export import ExportError
 
     return (ConfigError, DataError, ExportError, FileNotFoundError)
+
+
+def runtime_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message is already the one line a user needs (exit code 1)."""
+    from pretrain.run import RunFailed
+    from pretrain.tracking.runs import TrackingUnreachable
+
+    return (RunFailed, TrackingUnreachable)
 
 
 def run_cli(command, args: list[str] | None = None) -> NoReturn:
@@ -43,6 +52,8 @@ def run_cli(command, args: list[str] | None = None) -> NoReturn:
     except usage_error_types() as exc:
         fail(_one_line(exc))
     except Exception as exc:
+        if isinstance(exc, runtime_error_types()):
+            fail(_one_line(exc), 1)
         from mlflow.exceptions import MlflowException
 
         if not isinstance(exc, MlflowException):

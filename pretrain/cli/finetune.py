@@ -41,14 +41,17 @@ def finetune(
 ) -> None:
     """Add a classification head to an encoder, train it on labeled shards, report test
     accuracy and register the classifier (safetensors + config.json) as its own model."""
+    from pretrain.cli.progress import progress_bar
     from pretrain.finetune import finetune as run_finetune
 
     if lr <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--lr")
-    result = run_finetune(model_uri, data, epochs, lr, linear_only, tracking_uri, registry_name,
-                          test_data=test_data, batch_size=batch_size, weight_decay=weight_decay,
-                          max_train=max_train, max_test=max_test, device=device, seed=seed,
-                          experiment=experiment, alias=alias, out_dir=out)
+    with progress_bar("finetuning") as update:
+        result = run_finetune(model_uri, data, epochs, lr, linear_only, tracking_uri,
+                              registry_name, test_data=test_data, batch_size=batch_size,
+                              weight_decay=weight_decay, max_train=max_train, max_test=max_test,
+                              device=device, seed=seed, experiment=experiment, alias=alias,
+                              out_dir=out, progress=update)
     typer.echo(f"test accuracy {100 * result.test_accuracy:.2f}% on {result.test_samples} images "
                f"({result.num_classes} classes, {result.train_samples} train images, "
                f"{result.seconds:.0f}s)")

@@ -139,9 +139,10 @@ def _follow(client, job_id: str) -> None:
 
 def _wait_for_run(client, job_id: str, cfg, seconds: float) -> str | None:
     """Poll MLflow for the job's run until it exists, the job ends, or ``seconds`` pass."""
-    from cluster.jobs import TERMINAL, find_run_url, job_config
+    from cluster.jobs import TERMINAL, find_run_url
 
-    uri = job_config(cfg).tracking.uri
+    # This machine's own URI (with its credentials, if any), not the stripped one the job gets.
+    uri = cfg.tracking.uri or os.environ["MLFLOW_TRACKING_URI"]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -182,6 +183,9 @@ def submit(
     # Our own retry loop polls MLflow; its HTTP client must not retry for minutes on its own.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from cluster.jobs import job_config
+
+    job_config(cfg)  # config problems (relative paths, credentials) before contacting the cluster
     with _one_line_errors():
         client = _client(address, token_file, cfg.cluster.address)
         job_id = client.submit(cfg, with_code=with_code)

@@ -28,14 +28,24 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
 
 
 @app.command()
-def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
+def run(config: ConfigArg, overrides: OverridesArg = None,
+        allow_config_change: Annotated[bool, typer.Option(
+            "--allow-config-change", help="Resume a run of the same name even though its config "
+            "differs in more than max_steps, logging, probes or registry settings.")] = False,
+        ) -> None:
     """Train CONFIG (re-running the same name resumes), then register the encoder."""
+    from pretrain.cli.errors import STOPPED_EXIT, fail
     from pretrain.cli.report import print_run_summary
     from pretrain.config import load_config
+    from pretrain.run import JobStopped
     from pretrain.run import run as run_job
 
     cfg = load_config(config, overrides or [])
-    print_run_summary(run_job(cfg))
+    try:
+        summary = run_job(cfg, allow_config_change=allow_config_change)
+    except JobStopped as exc:  # a KeyboardInterrupt, which typer would turn into a silent 130
+        fail(str(exc), STOPPED_EXIT)
+    print_run_summary(summary)
 
 
 @app.command()
@@ -57,15 +67,34 @@ def export(
 def pull(
     model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION "
                                              "or runs:/RUN_ID/encoder.")],
-    out: Annotated[Path, typer.Option(help="Folder to write model.safetensors + config.json.")],
+    out: Annotated[Path, typer.Option(help="Folder to write model.safetensors, config.json "
+                                      "(timm's format) and README.md (the model card) into.")],
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
-    """Download an encoder's files and verify their checksum."""
+    """Download an encoder's files, verify them against the registry's SHA-256 record, then
+    move them into --out (a failed pull leaves --out as it was). timm opens the folder with
+    timm.create_model("local-dir:OUT", pretrained=True)."""
     from pretrain.hub import pull as pull_files
     from pretrain.tracking import resolve_tracking_uri
 
     path = pull_files(model_uri, out, tracking_uri=resolve_tracking_uri(tracking_uri))
-    typer.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'} (checksum ok)")
+    written = [str(path / f) for f in ("model.safetensors", "config.json", "README.md")
+               if (path / f).is_file()]
+    typer.echo(f"wrote {', '.join(written)} (checksums ok)\n"
+               f'load with timm: timm.create_model("local-dir:{path}", pretrained=True)')
+
+
+@app.command()
+def show(
+    source: Annotated[str, typer.Argument(help="Run id, run name, runs:/RUN_ID, "
+                                          "models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Show a run's (or a model version's run's) headline probe figures, its invariance
+    profile as a table, and the path of the profile PNG."""
+    from pretrain.probes.show import format_view, show_run
+
+    typer.echo(format_view(show_run(source, tracking_uri=tracking_uri)))
 
 
 @app.command()
@@ -85,6 +114,7 @@ def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000
        tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None
        ) -> None:
     """Open the MLflow UI on the local store (mlflow.db in this folder)."""
+    from pretrain.registry import MODEL_TRAINING_VIEW
     from pretrain.tracking import local_store_paths, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -95,7 +125,10 @@ def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000
     db, artifacts = store
     if not db.is_file():
         raise FileNotFoundError(f"no MLflow store at {db}: run 'pretrain run' here first")
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    # MLflow 3.17's UI opens in its GenAI view unless told otherwise (per browser, or by this
+    # query parameter); the experiments' kind tag alone does not switch it.
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port}/#/experiments?{MODEL_TRAINING_VIEW} "
+               "(Ctrl-C to stop)")
     subprocess.run(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
                     artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port)], check=False)
 

@@ -55,6 +55,7 @@ def probe(
 ) -> None:
     """Probe encoders: linear/kNN accuracy, invariance and equivariance per transformation,
     health. Logs a new MLflow run (metrics + invariance-profile PNG) linked to the source."""
+    from pretrain.cli.progress import progress_bar
     from pretrain.probes.offline import compare_models, probe_model
 
     if compare and len(model_uris) < 2:
@@ -65,15 +66,17 @@ def probe(
     cfg = probe_config(data, transforms, max_train=max_train, max_test=max_test,
                        pairs_train=pairs, pairs_test=pairs, cache_dir=cache_dir)
     if compare:
-        result = compare_models(model_uris, data, None, tracking_uri, cfg=cfg,
-                                experiment=experiment, device=device)
+        with progress_bar("probing") as update:
+            result = compare_models(model_uris, data, None, tracking_uri, cfg=cfg,
+                                    experiment=experiment, device=device, progress=update)
         for label, metrics in result.metrics.items():
             typer.echo(f"\n{label}")
             typer.echo(format_metrics(metrics))
         typer.echo(f"\ncomparison run {result.run_id}: {', '.join(result.artifacts)}")
         return
-    single = probe_model(model_uris[0], data, None, tracking_uri, cfg=cfg,
-                         experiment=experiment, device=device)
+    with progress_bar("probing") as update:
+        single = probe_model(model_uris[0], data, None, tracking_uri, cfg=cfg,
+                             experiment=experiment, device=device, progress=update)
     typer.echo(format_metrics(single.metrics))
     link = f" (source run {single.source.run_id})" if single.source.run_id else ""
     typer.echo(f"\nprobe run {single.run_id}{link}: {', '.join(single.artifacts)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from pretrain.config.redact import redact_text
+from pretrain.registry import MODEL_TRAINING_VIEW
 from pretrain.run import RunSummary
 from pretrain.tracking.runs import local_store_paths, ui_command
 
@@ -18,8 +20,11 @@ def print_run_summary(summary: RunSummary) -> None:
     if store is not None:
         lines.append(f"MLflow store:    {store[0]} (artifacts in {store[1]})")
     else:
-        lines.append(f"MLflow server:   {summary.tracking_uri}")
-    lines.append(f"MLflow UI:       {ui_command(summary.tracking_uri)}")
+        lines.append(f"MLflow server:   {redact_text(summary.tracking_uri)}")
+    lines.append(f"MLflow UI:       {redact_text(ui_command(summary.tracking_uri))}")
+    if store is not None:  # the model-training view, not MLflow 3's default GenAI one
+        lines.append(f"                 then open http://127.0.0.1:5000/#/experiments?"
+                     f"{MODEL_TRAINING_VIEW}")
     lines.append(f"MLflow run id:   {summary.run_id}")
     if summary.registered is not None:
         lines += [

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pretrain.config.redact import redact, secret_keys
 from pretrain.config.schema import RunConfig
 
 
@@ -87,11 +88,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, secrets redacted (:mod:`pretrain.config.redact`): this text is
+    stored as the run's ``config.yaml`` artifact and shipped with jobs, never a credential."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
 
 
 def flatten(cfg: RunConfig) -> dict[str, str]:
-    """Dotted-key view of the resolved config, for MLflow params."""
+    """Dotted-key view of the resolved config, secrets redacted, for MLflow params."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -101,5 +104,18 @@ def flatten(cfg: RunConfig) -> dict[str, str]:
         else:
             out[prefix] = str(node)
 
-    walk("", cfg.model_dump(mode="json"))
+    walk("", redact(cfg.model_dump(mode="json")))
     return out
+
+
+def refuse_secrets(cfg: RunConfig, shipped_as: str) -> None:
+    """Raise ``ConfigError`` naming the first key of ``cfg`` that holds a credential: a config that
+    is shipped (a Ray job, a Kubernetes ConfigMap) must carry none, since the job would get only
+    ``***``. Credentials reach jobs through environment variables or Kubernetes Secrets."""
+    found = secret_keys(cfg.model_dump(mode="json"))
+    if found:
+        raise ConfigError(
+            f"{found[0]}: holds a credential (URI userinfo, a token or a secret-named key), which "
+            f"{shipped_as} would expose; give jobs credentials through their environment "
+            "(MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a "
+            "Kubernetes Secret")

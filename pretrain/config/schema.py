@@ -43,6 +43,9 @@ class EncoderConfig(_Section):
     model: str = Field("resnet18", description="Any timm model name (built with num_classes=0).")
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="Extra keyword arguments for timm.create_model.")
+    stem: Literal["timm", "cifar"] = Field(
+        "timm", description="'cifar': 3x3 stride-1 conv and no max-pool for timm ResNets on "
+        "32-64 px images (pretrain.encoder.apply_stem); 'timm': the model's own stem.")
 
     @field_validator("model")
     @classmethod
@@ -176,4 +179,13 @@ class RunConfig(_Section):
         if self.data.views < needed:
             raise ValueError(f"data.views: recipe {self.augment.recipe!r} cuts views from "
                              f"{needed} decoded views per sample; set data.views >= {needed}")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_gives_the_objective_its_action(self) -> "RunConfig":
+        from pretrain.config.compat import recipe_problem
+
+        problem = recipe_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self

@@ -6,7 +6,10 @@ batches a resumed run already consumed without decoding them, then decode and co
 batches that are served.
 
 Unreadable samples are skipped and counted, and the batch is filled from the worker's next
-samples. A worker's slice holds exactly ``batches * batch_size`` samples, so every skipped
+samples. ``max_skip_frac`` is judged over everything the loader worker reads this epoch, never on
+a prefix (two bad samples among the first hundred of a healthy shard are no reason to stop): the
+stream stops as soon as the unreadable samples exceed that share of the worker's whole range,
+which is then certain, or at the end of the range; the error names each shard with its counts. A worker's slice holds exactly ``batches * batch_size`` samples, so every skipped
 sample leaves its last batch short; those places are filled by repeating the worker's most
 recently decoded good samples (cycling through up to ``batch_size`` of them), counted as
 ``padded``. This keeps ``steps_per_epoch`` identical on every rank whatever the data holds.
@@ -33,10 +36,6 @@ from pretrain.data.plan import RankPlan, WorkerPlan, plan_epoch
 from pretrain.data.sources import iter_shard, validate_sources
 
 logger = logging.getLogger("pretrain.data")
-
-# Below this many samples one bad sample would already exceed any sensible fraction, so the
-# skip-fraction check waits for this many (or for the end of the worker's range).
-MIN_SEEN_FOR_SKIP_CHECK = 100
 
 
 @dataclass
@@ -151,6 +150,9 @@ class ShardStream(IterableDataset):
         pending: list[DecodedSample] = []
         seen = skipped = padded = served = 0
         bad_urls: dict[str, int] = {}
+        read_urls: dict[str, int] = {}
+        # The samples this worker reads this epoch: its range after the resumed batches.
+        planned = to_serve * size
 
         def batch() -> LoaderBatch:
             images, labels, latents = collate(pending)
@@ -159,6 +161,8 @@ class ShardStream(IterableDataset):
 
         for shard_index, offset, sample in raw:
             seen += 1
+            url = str(sample.get("__url__", ""))
+            read_urls[url] = read_urls.get(url, 0) + 1
             try:
                 decoded: DecodedSample | None = decode_sample(
                     sample, image_size=self.image_size, views=self.views,
@@ -166,14 +170,13 @@ class ShardStream(IterableDataset):
             except BadSample as exc:
                 decoded = None
                 skipped += 1
-                url = str(sample.get("__url__", ""))
                 if url not in bad_urls:
                     logger.warning("shard %s: skipping unreadable sample %s (%s); further unreadable "
-                                   "samples of this shard are only counted", url,
+                                   "samples of this shard are only counted", _shown(url),
                                    sample.get("__key__"), exc.reason)
                 bad_urls[url] = bad_urls.get(url, 0) + 1
-            if skipped and seen >= MIN_SEEN_FOR_SKIP_CHECK:
-                self._check_skips(skipped, seen, bad_urls, w)
+                # Already certain to exceed the limit over the whole range: stop now.
+                self._check_skips(skipped, max(planned, seen), bad_urls, read_urls, w)
             if decoded is None:
                 continue
             pending.append(decoded)
@@ -185,7 +188,7 @@ class ShardStream(IterableDataset):
                 if served == to_serve:
                     return
         if skipped:
-            self._check_skips(skipped, seen, bad_urls, w)
+            self._check_skips(skipped, seen, bad_urls, read_urls, w)
         if not recent:
             raise DataError(f"no readable sample in the range of loader worker {w} of rank "
                             f"{plan.rank} (shards: {', '.join(bad_urls) or 'none'})")
@@ -202,15 +205,26 @@ class ShardStream(IterableDataset):
             pending = []
             served += 1
 
-    def _check_skips(self, skipped: int, seen: int, bad_urls: dict[str, int], w: int) -> None:
-        """Raise when unreadable samples exceed ``max_skip_frac`` of those read."""
-        if skipped <= self.max_skip_frac * seen:
+    def _check_skips(self, skipped: int, out_of: int, bad_urls: dict[str, int],
+                     read_urls: dict[str, int], w: int) -> None:
+        """Raise when ``skipped`` unreadable samples exceed ``max_skip_frac`` of ``out_of``
+        (the worker's whole range, or all it read); the message names the shards and counts."""
+        if skipped <= self.max_skip_frac * out_of:
             return
         worst = sorted(bad_urls.items(), key=lambda kv: -kv[1])[:3]
-        shards = ", ".join(f"{url} ({n})" for url, n in worst)
-        raise DataError(f"too many unreadable samples: {skipped}/{seen} = {skipped / seen:.1%} > "
-                        f"max_skip_frac {self.max_skip_frac:.1%} (loader worker {w}, rank "
-                        f"{self.plan.rank}); shards: {shards}")
+        shards = ", ".join(f"{_shown(url)} ({n} of {read_urls.get(url, n)} read)"
+                           for url, n in worst)
+        more = f" and {len(bad_urls) - 3} more" if len(bad_urls) > 3 else ""
+        raise DataError(f"too many unreadable samples: {skipped} of {out_of} = "
+                        f"{skipped / out_of:.1%} > max_skip_frac {self.max_skip_frac:.1%} (rank "
+                        f"{self.plan.rank}, loader worker {w}); shards: {shards}{more}")
+
+
+def _shown(url: str) -> str:
+    """``url`` as logs and errors may show it (a token in a shard URL is redacted)."""
+    from pretrain.config.redact import redact_text  # lazy: pretrain.config imports pretrain.data
+
+    return redact_text(url)
 
 
 def _as_is(batch: LoaderBatch) -> LoaderBatch:

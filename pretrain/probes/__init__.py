@@ -3,7 +3,8 @@ transformation, plus linear/kNN accuracy and representation health.
 
 Pure functions over features live in ``linear``, ``knn``, ``invariance``, ``equivariance`` and
 ``health``; ``suite.run_probe_suite`` extracts features once and runs them all; ``offline``
-probes registered encoders into their own MLflow runs; ``plots`` draws the PNGs.
+probes registered encoders into their own MLflow runs; ``plots`` draws the PNGs; ``profile``
+turns metrics into the tables of the model card and ``show`` (``pretrain show``).
 """
 
 from pretrain.probes.config import TRANSFORMS_2D, TRANSFORMS_3D, ProbesConfig

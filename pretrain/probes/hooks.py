@@ -12,10 +12,7 @@ from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import Preprocess
 from pretrain.probes.probeset import ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
-
-# Metrics copied onto the registered model version as tags (the full set is in the run).
-SUMMARY_PREFIXES = ("probe/linear_top1", "probe/knn_top1", "probe/invariance/",
-                    "probe/equivariance_r2_mlp/", "probe/health/rankme")
+from pretrain.progress import progress_lines
 
 
 class OnlineProber:
@@ -56,13 +53,16 @@ def end_of_run_probes(cfg: ProbesConfig, encoder_dir: str | Path, tracking_uri: 
     encoder = load_encoder(encoder_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     probe_set = load_probe_set(cfg.data, cfg)
-    metrics = run_probe_suite(encoder, probe_set, cfg, device, preprocess=Preprocess.of(encoder))
+    metrics = run_probe_suite(encoder, probe_set, cfg, device, preprocess=Preprocess.of(encoder),
+                              progress=progress_lines(f"probe suite (step {step})"))
     log_probe_results(tracking_uri, run_id, metrics, step=step,
                       subtitle=f"step {step}, probe data {cfg.data}")
     return metrics
 
 
 def summary_tags(metrics: dict[str, float]) -> dict[str, str]:
-    """Headline probe metrics as model-version tags."""
-    return {k: f"{v:.4f}" for k, v in sorted(metrics.items())
-            if k.startswith(SUMMARY_PREFIXES)}
+    """Headline probe metrics as model-version tags (accuracies, RankMe, collapse); the
+    per-transformation profile is in the model card and the run (``pretrain.probes.profile``)."""
+    from pretrain.probes.profile import headline_tags
+
+    return headline_tags(metrics)

@@ -26,12 +26,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pretrain.export import read_config
-from pretrain.hub import load_encoder
+from pretrain.hub import load_encoder, model_version
 from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import REPRESENTATION
 from pretrain.probes.plots import plot_comparison, plot_invariance_profile
 from pretrain.probes.probeset import ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
+from pretrain.progress import Progress
+from pretrain.tracking.context import mlflow_run
 from pretrain.tracking.runs import ensure_experiment, resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "invariant-pretrain"
@@ -69,36 +71,18 @@ class CompareResult:
     sources: list[SourceInfo]
 
 
-def _model_version(client: MlflowClient, model_uri: str):
-    """The ModelVersion behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest
-    (``@latest`` means the newest version, as in ``pretrain.hub``)."""
-    rest = model_uri.removeprefix("models:/").rstrip("/")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        if alias.lower() != "latest":
-            return client.get_model_version_by_alias(name, alias)
-        rest = f"{name}/latest"
-    name, _, version = rest.rpartition("/")
-    if version.lower() == "latest":
-        versions = client.search_model_versions(f"name = '{name}'")
-        if not versions:
-            raise ValueError(f"{model_uri}: registered model {name!r} has no versions")
-        return max(versions, key=lambda v: int(v.version))
-    return client.get_model_version(name, version)
-
-
 def describe_source(source: str | Path, tracking_uri: str) -> SourceInfo:
     """Resolve the run and model version of a ``models:/``/``runs:/`` URI or an encoder folder."""
     text = str(source)
     if text.startswith("models:/"):
-        mv = _model_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), text)
+        mv = model_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), text)
         return SourceInfo(text, f"{mv.name}/v{mv.version}", mv.run_id or None, mv.name,
                           str(mv.version))
     if text.startswith("runs:/"):
         run_id = text.removeprefix("runs:/").split("/", 1)[0]
         return SourceInfo(text, f"run {run_id[:8]}", run_id)
     config = read_config(Path(text), verify=False)
-    return SourceInfo(text, Path(text).resolve().name, config.get("run_id") or None)
+    return SourceInfo(text, Path(text).resolve().name, config.run_id or None)
 
 
 def metric_label(label: str) -> str:
@@ -168,7 +152,7 @@ def _device(device: str | None) -> str:
 def probe_model(model_uri_or_dir: str | Path, data: str = "synth3d",
                 transforms: list[str] | None = None, tracking_uri: str | None = None, *,
                 cfg: ProbesConfig | None = None, experiment: str | None = None,
-                device: str | None = None) -> ProbeResult:
+                device: str | None = None, progress: Progress | None = None) -> ProbeResult:
     """Run the probe suite on one encoder and log a new MLflow run tagged with its source.
 
     ``data`` is a preset (``synth3d``, ``cifar10``) or a shard folder/pattern; ``transforms``
@@ -178,7 +162,7 @@ def probe_model(model_uri_or_dir: str | Path, data: str = "synth3d",
     source = describe_source(model_uri_or_dir, uri)
     encoder = load_encoder(model_uri_or_dir, tracking_uri=uri).to(_device(device))
     probe_set = load_probe_set(cfg.data, cfg)
-    metrics = run_probe_suite(encoder, probe_set, cfg, _device(device))
+    metrics = run_probe_suite(encoder, probe_set, cfg, _device(device), progress=progress)
     client = MlflowClient(uri, registry_uri=uri)
     tags = {f"{TAG}model_uri": source.uri, f"{TAG}data": cfg.data,
             f"{TAG}representation": REPRESENTATION,
@@ -188,17 +172,11 @@ def probe_model(model_uri_or_dir: str | Path, data: str = "synth3d",
         tags[f"{TAG}source_run_id"] = source.run_id
     if source.model_version:
         tags[f"{TAG}model_version"] = f"{source.model_name}/{source.model_version}"
-    run = client.create_run(_experiment(client, uri, source.run_id, experiment),
-                            run_name=f"probe {source.label}", tags=tags)
-    run_id = run.info.run_id
-    try:
+    with mlflow_run(client, _experiment(client, uri, source.run_id, experiment),
+                    run_name=f"probe {source.label}", tags=tags) as run_id:
         client.log_batch(run_id, params=_params(cfg, probe_set))
         artifacts = log_probe_results(uri, run_id, metrics, title=f"Invariance profile: "
                                       f"{source.label}", subtitle=f"probe data: {cfg.data}")
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
     if source.model_version:
         client.set_model_version_tag(source.model_name, source.model_version,
                                      f"{TAG}run_id", run_id)
@@ -208,7 +186,8 @@ def probe_model(model_uri_or_dir: str | Path, data: str = "synth3d",
 def compare_models(uris: Sequence[str | Path], data: str = "synth3d",
                    transforms: list[str] | None = None, tracking_uri: str | None = None, *,
                    labels: Sequence[str] | None = None, cfg: ProbesConfig | None = None,
-                   experiment: str | None = None, device: str | None = None) -> CompareResult:
+                   experiment: str | None = None, device: str | None = None,
+                   progress: Progress | None = None) -> CompareResult:
     """Probe several encoders on the same probe set and log one comparison run: metrics as
     ``<label>/probe/...``, the comparison PNG and a JSON table."""
     if len(uris) < 2:
@@ -221,18 +200,21 @@ def compare_models(uris: Sequence[str | Path], data: str = "synth3d",
         names = [f"{i}:{n}" for i, n in enumerate(names)]
     probe_set = load_probe_set(cfg.data, cfg)
     results: dict[str, dict[str, float]] = {}
-    for name, src in zip(names, sources):
+    for i, (name, src) in enumerate(zip(names, sources)):
         encoder = load_encoder(src.uri, tracking_uri=uri).to(_device(device))
-        results[name] = run_probe_suite(encoder, probe_set, cfg, _device(device))
+
+        def step(done: int, total: int, stage: str = "", i: int = i, name: str = name) -> None:
+            if progress is not None:
+                progress(i * total + done, len(sources) * total, f"{name}: {stage}")
+
+        results[name] = run_probe_suite(encoder, probe_set, cfg, _device(device), progress=step)
     client = MlflowClient(uri)
     tags = {f"{TAG}compare": "true", f"{TAG}data": cfg.data,
             f"{TAG}models": json.dumps([s.uri for s in sources]),
             f"{TAG}representation": REPRESENTATION}
     first_run = next((s.run_id for s in sources if s.run_id), None)
-    run = client.create_run(_experiment(client, uri, first_run, experiment),
-                            run_name=f"probe comparison ({len(sources)} models)", tags=tags)
-    run_id = run.info.run_id
-    try:
+    with mlflow_run(client, _experiment(client, uri, first_run, experiment),
+                    run_name=f"probe comparison ({len(sources)} models)", tags=tags) as run_id:
         params = _params(cfg, probe_set) + [Param(f"model.{i}", f"{n} = {s.uri}"[:6000])
                                             for i, (n, s) in enumerate(zip(names, sources))]
         client.log_batch(run_id, params=params[:100])
@@ -247,9 +229,5 @@ def compare_models(uris: Sequence[str | Path], data: str = "synth3d",
         client.log_dict(run_id, {"representation": REPRESENTATION, "models": {
             n: {"uri": s.uri, "run_id": s.run_id, "metrics": results[n]}
             for n, s in zip(names, sources)}}, "probes/comparison.json")
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
     return CompareResult(run_id=run_id, metrics=results,
                          artifacts=[COMPARISON_PNG, "probes/comparison.json"], sources=sources)

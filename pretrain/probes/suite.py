@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,7 @@ from pretrain.probes.knn import knn_top1
 from pretrain.probes.linear import linear_probe
 from pretrain.probes.probeset import ProbeSet
 from pretrain.probes.transforms import apply_transform, transform_seed
+from pretrain.progress import Progress
 
 log = logging.getLogger("pretrain.probes")
 
@@ -72,11 +74,13 @@ def _latents_3d(probe_set: ProbeSet, rows: Tensor) -> dict[str, Tensor]:
 
 
 def transform_metrics(encoder: nn.Module, features: Tensor, probe_set: ProbeSet,
-                      cfg: ProbesConfig, pre: Preprocess, device: torch.device | str
+                      cfg: ProbesConfig, pre: Preprocess, device: torch.device | str,
+                      on_transform: Callable[[str], None] | None = None
                       ) -> tuple[dict[str, float], list[float]]:
     """Invariance and equivariance per T in ``cfg.transforms``; also returns the per-T mean
     positive-pair cosines. Pairs: the first ``pairs_train`` probe-train images (regressor
-    training) and the first ``pairs_test`` probe-test images (held out)."""
+    training) and the first ``pairs_test`` probe-test images (held out). ``on_transform(T)`` is
+    called after each T is probed (or skipped)."""
     pair_tr = probe_set.train_idx[: cfg.pairs_train]
     pair_te = probe_set.test_idx[: cfg.pairs_test]
     rows = torch.cat((pair_tr, pair_te))
@@ -90,6 +94,8 @@ def transform_metrics(encoder: nn.Module, features: Tensor, probe_set: ProbeSet,
         log.info("probe set %s has no 3D latents: skipping %s", probe_set.name, ", ".join(skipped))
     for name in cfg.transforms:
         if name in skipped:
+            if on_transform is not None:
+                on_transform(name)
             continue
         latents = _latents_3d(probe_set, rows) if name in TRANSFORMS_3D else None
         t = apply_transform(name, probe_set.images[rows], cfg.seed, latents)
@@ -109,27 +115,43 @@ def transform_metrics(encoder: nn.Module, features: Tensor, probe_set: ProbeSet,
         if eq.r2_mlp is not None:
             metrics[f"probe/equivariance_r2_mlp/{name}"] = eq.r2_mlp
             metrics[f"probe/equivariance_r2_sie_mlp/{name}"] = eq.r2_sie_mlp
+        if on_transform is not None:
+            on_transform(name)
     return metrics, positives
 
 
 def run_probe_suite(encoder: nn.Module, probe_set: ProbeSet, cfg: ProbesConfig,
-                    device: torch.device | str = "cpu", *, preprocess: Preprocess | None = None
-                    ) -> dict[str, float]:
+                    device: torch.device | str = "cpu", *, preprocess: Preprocess | None = None,
+                    progress: Progress | None = None) -> dict[str, float]:
     """Every probe of ``cfg`` on ``probe_set``; features of the probe images are extracted once
     and shared. ``preprocess`` defaults to ``Preprocess.of(encoder)``; pass
     ``Preprocess.from_info(info)`` for an encoder built for training (its ``pretrained_cfg``
     still holds timm's ImageNet defaults). Only the first ``cfg.max_train`` / ``cfg.max_test``
     rows of each split are used, so one loaded set serves both the online (``for_online()``) and
-    the end-of-run passes. The encoder's train/eval mode is restored."""
+    the end-of-run passes. The encoder's train/eval mode is restored. ``progress(done, total,
+    stage)`` is called after each stage: features, class probes, each transformation, health."""
     start = time.perf_counter()
+    total = len(cfg.transforms) + 3
+    done = 0
+
+    def step(stage: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, stage)
+
     probe_set = probe_set.capped(cfg.max_train, cfg.max_test)
     pre = preprocess or Preprocess.of(encoder)
     features = encode(encoder, probe_set.images, pre=pre, device=device,
                       batch_size=cfg.batch_size)
+    step("features")
     metrics = classification_metrics(features, probe_set, cfg)
-    per_t, positives = transform_metrics(encoder, features, probe_set, cfg, pre, device)
+    step("linear and kNN probes")
+    per_t, positives = transform_metrics(encoder, features, probe_set, cfg, pre, device,
+                                         on_transform=lambda t: step(f"transformation {t}"))
     metrics |= per_t
     health = health_metrics(features, cfg.collapse_threshold, cfg.rankme_eps)
+    step("health")
     metrics |= {f"probe/health/{k}": v for k, v in health.items()}
     finite = [p for p in positives if not math.isnan(p)]
     metrics["probe/health/pos_cos"] = sum(finite) / len(finite) if finite else math.nan

@@ -1,5 +1,6 @@
 """The per-worker training loop: data -> augment -> objective -> DeepSpeed, with checkpoints and
-rank-0 MLflow metrics. Independent of Ray: ``cluster/`` supplies the rank, device and reporter.
+rank-0 MLflow metrics. Independent of Ray: ``cluster/`` supplies the rank, device and the run's
+checkpoint store.
 
 Determinism: data order is a function of (seed, epoch, rank) and augmentation randomness of
 (seed, step, rank), so resuming at step s replays exactly what an uninterrupted run would do.
@@ -7,14 +8,11 @@ Determinism: data order is a function of (seed, epoch, rank) and augmentation ra
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -24,11 +22,12 @@ from objectives.registry import build_objective
 from pretrain.config.schema import RunConfig
 from pretrain.data.reader import make_loader
 from pretrain.export import write_encoder
-from pretrain.train import checkpoint
+from pretrain.train import checkpoint, resume
 from pretrain.train.engine import build_engine
 from pretrain.train.plan import TrainingPlan, plan_training
 from pretrain.train.seeding import derive_seed, generator_for
-from pretrain.train.step import RunningMeans, make_views, train_step
+from pretrain.train.step import RunningMeans, StepHealth, make_views, train_step
+from pretrain.train.store import CheckpointStore
 from pretrain.encoder import EncoderInfo, build_encoder
 
 log = logging.getLogger("pretrain.train")
@@ -41,18 +40,11 @@ class WorkerContext:
     device: torch.device
 
 
-class Reporter(Protocol):
-    """How a worker hands checkpoints to the orchestrator and gets the latest one back."""
-
-    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
-
-    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None: ...
-
-
 def build_model(cfg: RunConfig):
     """Encoder + objective with weights initialised from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
-    encoder, info = build_encoder(cfg.encoder.model, cfg.data.image_size, cfg.encoder.kwargs)
+    encoder, info = build_encoder(cfg.encoder.model, cfg.data.image_size, cfg.encoder.kwargs,
+                                  stem=cfg.encoder.stem)
     objective = build_objective(cfg.objective.name, cfg.objective.settings(), encoder,
                                 info.num_features)
     return objective, info
@@ -64,9 +56,10 @@ def build_augmenter(cfg: RunConfig, info: EncoderInfo) -> ViewAugmenter:
                          output_size=cfg.data.image_size)
 
 
-def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri: str | None,
+def fit(cfg: RunConfig, ctx: WorkerContext, store: CheckpointStore, *, tracking_uri: str | None,
         run_id: str | None) -> int:
-    """Train until ``plan.stop_step``; returns the final step. Rank 0 logs to ``run_id``."""
+    """Train until ``plan.stop_step``, resuming from the newest checkpoint in ``store`` that
+    verifies; returns the final step. Rank 0 logs to ``run_id``."""
     plan = plan_training(cfg, ctx.world_size)
     objective, info = build_model(cfg)
     engine = build_engine(objective, cfg, total_steps=plan.total_steps,
@@ -74,11 +67,12 @@ def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri:
     augmenter = build_augmenter(cfg, info)
     state = checkpoint.TrainState(mlflow_run_id=run_id)
     carried = []
-    with reporter.restore_dir() as restored:
-        if restored is not None:
-            state = checkpoint.load(engine, restored)
-            log.info("rank %d resumed at step %d from %s", ctx.rank, state.step, restored)
-            carried = _read_unsent(restored, ctx.rank)
+    with resume.newest_loadable(store, rank=ctx.rank, world_size=ctx.world_size,
+                                device=ctx.device) as found:
+        if found is not None:
+            state = checkpoint.load(engine, found.path)
+            log.info("rank %d resumed at step %d from %s", ctx.rank, state.step, found.name)
+            carried = _read_unsent(found.path, ctx.rank)
     metrics = _rank0_metrics(tracking_uri, run_id, ctx.rank, cfg.tracking.system_metrics)
     if metrics is not None:
         metrics.enqueue(carried)  # metrics the checkpoint took along unsent: send them now
@@ -89,7 +83,7 @@ def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri:
 
         prober = OnlineProber(cfg.probes, Preprocess.from_info(info), ctx.device)
     try:
-        _train(cfg, ctx, plan, engine, augmenter, state, reporter, info, metrics, prober)
+        _train(cfg, ctx, plan, engine, augmenter, state, store, info, metrics, prober)
     finally:
         if metrics is not None and (lost := metrics.close()):
             log.warning("steps %s not sent to MLflow yet; the last checkpoint carries them",
@@ -97,10 +91,11 @@ def fit(cfg: RunConfig, ctx: WorkerContext, reporter: Reporter, *, tracking_uri:
     return state.step
 
 
-def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, info, metrics,
+def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, store, info, metrics,
            prober) -> None:
     running = RunningMeans()
     window = _Window()
+    step_health = StepHealth()
     started = time.perf_counter()
     while state.step < plan.stop_step:
         epoch, skip = divmod(state.step, plan.steps_per_epoch)
@@ -122,6 +117,7 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, inf
             if state.step % cfg.tracking.log_every_steps == 0 or last:
                 values = {**running.pop(), **window.pop(ctx, batch_size=cfg.data.batch_size),
                           "lr": engine.get_lr()[0], "epoch": float(epoch)}
+                values.update(step_health.check(engine, state.step, values["loss/total"]))
                 if metrics is not None:
                     metrics.log_metrics(state.step, values)
                 if ctx.rank == 0:
@@ -139,7 +135,7 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, reporter, inf
                 if metrics is not None:
                     metrics.log_metrics(state.step, probe_values)
             if state.step % cfg.checkpoint.every_steps == 0 or last:
-                _checkpoint(engine, state, reporter, info, cfg, ctx, metrics)
+                _checkpoint(engine, state, store, info, cfg, ctx, metrics)
 
 
 def progress_line(step: int, stop: int, values: dict[str, float], images_per_step: float) -> str:
@@ -212,11 +208,9 @@ class _Window:
         return values
 
 
-def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: WorkerContext,
+def _checkpoint(engine, state, store: CheckpointStore, info, cfg: RunConfig, ctx: WorkerContext,
                 metrics=None) -> None:
-    with tempfile.TemporaryDirectory(prefix=f"pretrain-ckpt-r{ctx.rank}-") as tmp:
-        out = Path(tmp)
-        checkpoint.save(engine, state, out)
+    def extras(out: Path) -> None:
         if ctx.rank == 0:
             write_encoder(engine.module.encoder, info, out / checkpoint.ENCODER_DIR,
                           objective=cfg.objective.name, data=cfg.data.path or "synth3d",
@@ -227,7 +221,9 @@ def _checkpoint(engine, state, reporter: Reporter, info, cfg: RunConfig, ctx: Wo
             from pretrain.tracking.metrics import UNSENT_FILE, write_unsent
 
             write_unsent(out / UNSENT_FILE, metrics.unsent())
-        reporter.report(state.step, {"step": float(state.step)}, out)
+
+    resume.save(store, engine, state, rank=ctx.rank, world_size=ctx.world_size,
+                device=ctx.device, keep=cfg.checkpoint.keep, extras=extras)
 
 
 def _read_unsent(restored: Path, rank: int) -> list:

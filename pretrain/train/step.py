@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 from torch import Tensor
 
 from augment.batch import ViewBatch
 from objectives.base import LossOutput
 from pretrain.data.format import ShardBatch
+from pretrain.train.precision import engine_guard
+
+
+log = logging.getLogger("pretrain.train")
 
 
 def make_views(augmenter, batch: ShardBatch, generator: torch.Generator) -> ViewBatch:
@@ -17,7 +24,8 @@ def make_views(augmenter, batch: ShardBatch, generator: torch.Generator) -> View
 
 def train_step(engine, views: ViewBatch) -> LossOutput:
     """Forward, backward and optimizer/LR step through the DeepSpeed engine."""
-    out: LossOutput = engine(views)
+    with engine_guard(engine):
+        out: LossOutput = engine(views)
     engine.backward(out.loss)
     engine.step()
     return out
@@ -46,3 +54,27 @@ class RunningMeans:
         self._sums.clear()
         self.count = 0
         return dict(zip(names, means))
+
+
+class StepHealth:
+    """Steps the optimizer skipped and losses that stopped being finite, checked once per
+    logging interval (no host sync on the hot path).
+
+    DeepSpeed's ZeRO 1/2 optimizers skip a step whose gradients are not finite and count it in
+    ``engine.skipped_steps``; under bf16 autocast there is no loss scale to lower, so a skip means
+    the gradients were wrong, never a routine scale adjustment. ZeRO 0 does not check at all and
+    applies them. Either way the run must say so: the count is logged as ``train/skipped_steps``
+    and every new skip or non-finite mean loss is a warning."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def check(self, engine, step: int, mean_loss: float) -> dict[str, float]:
+        skipped = int(getattr(engine, "skipped_steps", 0))
+        if skipped > self.skipped:
+            log.warning("step %d: the optimizer skipped %d step(s) with non-finite gradients "
+                        "(%d in all)", step, skipped - self.skipped, skipped)
+        self.skipped = skipped
+        if not math.isfinite(mean_loss):
+            log.warning("step %d: the mean loss of the last interval is %s", step, mean_loss)
+        return {"train/skipped_steps": float(skipped)}

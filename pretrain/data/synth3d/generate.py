@@ -240,8 +240,13 @@ def generate_synth3d(cfg: Synth3DConfig, out_dir: str | Path,
                      progress: Callable[[int, int], None] | None = None) -> Synth3DReport:
     """Render ``cfg.samples`` objects into ``{SHARD_PREFIX}-NNNNNN.tar`` shards under ``out_dir``.
 
-    ``progress(done, total)`` is called with sample counts after each rendered batch.
+    ``progress(done, total)`` is called with sample counts after each rendered batch; without
+    one, progress lines with an ETA go to stderr (rendering can take minutes).
     """
+    if progress is None:
+        from pretrain.progress import progress_lines
+
+        progress = progress_lines(f"synth3d {Path(out_dir).name}: rendering objects")
     out = Path(out_dir)
     total = cfg.samples
     per_batch = max(1, cfg.render_batch_views // cfg.views)
@@ -253,8 +258,7 @@ def generate_synth3d(cfg: Synth3DConfig, out_dir: str | Path,
             images = render_samples(batch, cfg.size)
             for latents, views in zip(batch, images):
                 writer.write(f"{latents.index:08d}", sample_files(latents, views))
-            if progress is not None:
-                progress(first + len(batch), total)
+            progress(first + len(batch), total)
     seconds = time.perf_counter() - start
     views = total * cfg.views
     return Synth3DReport(samples=total, views=views, seconds=seconds,

@@ -1,5 +1,5 @@
-"""Shared by the benchmark scripts: train an objective in-process for a step or wall-clock budget, and
-describe the machine, the command and the results as markdown.
+"""Shared by the benchmark scripts: train an objective in-process for a step or wall-clock budget,
+and describe the machine, the command and the results as markdown.
 
 Training uses the platform's own pieces (``pretrain.train.loop.build_model`` / ``epoch_batches``
 / ``timed_batches``, ``pretrain.train.engine.build_engine``, ``pretrain.train.step``) with the

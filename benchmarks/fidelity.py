@@ -29,9 +29,10 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,7 +294,8 @@ def cifar_metrics(result: TrainResult, probe_set: ProbeSet, pcfg: ProbesConfig,
     m = run_probe_suite(encoder, probe_set, pcfg, device, preprocess=pre)
     return {"top1": m.get("probe/linear_top1"),
             "rot4": four_rotation_accuracy(encoder, probe_set, pre, pcfg, device),
-            "hue_inv": m.get("probe/invariance/hue"), "hue_ridge": m.get("probe/equivariance_r2/hue"),
+            "hue_inv": m.get("probe/invariance/hue"),
+            "hue_ridge": m.get("probe/equivariance_r2/hue"),
             "hue_mlp": m.get("probe/equivariance_r2_mlp/hue")}
 
 
@@ -368,13 +370,14 @@ def format_report(rows: list[Runs], cifar_rows: list[Runs], checks: list[str],
                   args: argparse.Namespace, device: torch.device, wall: float,
                   argv: Sequence[str] | None) -> str:
     """Budget, setting, probe method, machine, command, tables and claims, as markdown."""
-    budget = (f"weights of an earlier run kept in {args.from_saved}" if args.from_saved else
-              f"{args.steps} optimizer steps per synth3d run, {args.cifar_steps} per CIFAR-10 run")
+    budget = (f"{args.steps} optimizer steps per synth3d run, {args.cifar_steps} per CIFAR-10 run"
+              + (f" (runs kept in {args.from_saved}, read back)" if args.from_saved else ""))
     lines = ["## Fidelity suite: paper claims decided over seeds", "",
              f"- budget: {budget}, seeds {' '.join(map(str, args.seeds))} (model init, data "
-             f"order, augmentation), DeepSpeed engine, world size 1, {device}; total wall time "
-             f"{wall / 60:.1f} min (training, probes and data preparation); 'train s' = mean "
-             "training seconds per run"]
+             f"order, augmentation), DeepSpeed engine, world size 1, {device}; "
+             + (f"assembled from the kept runs' metrics in {wall:.0f} s" if args.from_saved
+                and not args.reprobe else f"total wall time {wall / 60:.1f} min (training, "
+                "probes and data preparation)") + "; 'train s' = mean training seconds per run"]
     if cfg is not None and pcfg is not None:
         s = cfg.data.synth3d
         enc = cfg.encoder
@@ -448,6 +451,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep every trained objective here (safetensors + JSON)")
     parser.add_argument("--from-saved", type=Path, default=None, metavar="DIR",
                         help="probe the objectives kept in DIR by --save-dir instead of training")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="with --from-saved: probe the kept weights again instead of reading "
+                        "the kept metrics")
     parser.add_argument("--probe", dest="probe_overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="probe setting (pretrain.probes.config."
                         "ProbesConfig), repeatable, e.g. --probe mlp_steps=200")
@@ -464,15 +470,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def trained(cfg: RunConfig, args: argparse.Namespace, key: str, steps: int,
-            device: torch.device) -> TrainResult:
-    """Train (or load, with ``--from-saved``) one run; keep it with ``--save-dir``."""
+def measured(cfg: RunConfig, args: argparse.Namespace, key: str, steps: int,
+             device: torch.device, probe: Callable[[TrainResult], dict[str, Metrics]]
+             ) -> tuple[dict[str, Metrics], int, float]:
+    """Row name -> metrics of one run, with its steps and training seconds. Trains (or loads,
+    with ``--from-saved``) and probes; with ``--save-dir`` keeps the weights and the metrics
+    (``key.metrics.json``), which ``--from-saved`` then reads back instead of probing again
+    (unless ``--reprobe``). So runs can be split over processes that share one ``--save-dir``,
+    and one ``--from-saved`` call assembles the report."""
+    kept = None if args.from_saved is None else args.from_saved / f"{key}.metrics.json"
+    if kept is not None and kept.is_file() and not args.reprobe:
+        data = json.loads(kept.read_text())
+        return data["rows"], data["steps"], data["seconds"]
     if args.from_saved is not None:
-        return load_result(cfg, args.from_saved, key, device)
-    result = train_for(cfg, steps=steps, device=device)
+        result = load_result(cfg, args.from_saved, key, device)
+    else:
+        result = train_for(cfg, steps=steps, device=device)
+        if args.save_dir is not None:
+            save_result(result, args.save_dir, key)
+    rows = probe(result)
     if args.save_dir is not None:
-        save_result(result, args.save_dir, key)
-    return result
+        (args.save_dir / f"{key}.metrics.json").write_text(json.dumps(
+            {"rows": rows, "steps": result.steps, "seconds": result.seconds}, indent=1))
+    out = rows, result.steps, result.seconds
+    del result
+    gc.collect()
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -494,35 +517,43 @@ def main(argv: Sequence[str] | None = None) -> str:
             first = next(iter(configs.values()))
             pcfg = probes_config(first, args.probe_objects, args.probe_overrides,
                                  hue="care" in args.objectives)
-            probe_set = load_probe_set("synth3d", pcfg)
+            probe_set = None
             for name in args.objectives:
                 for seed in seeds:
                     cfg = prepare_data(run_config(name, args, seed))
-                    result = trained(cfg, args, f"{name}-seed{seed}", args.steps, device)
-                    for label, metrics in synth3d_metrics(result, probe_set, pcfg, device, cfg,
-                                                          rot4="essl" in args.objectives).items():
-                        row = name if not label else part_name(name, label, result)
+
+                    def probe(result: TrainResult, name: str = name, cfg: RunConfig = cfg
+                              ) -> dict[str, Metrics]:
+                        nonlocal probe_set
+                        probe_set = probe_set or load_probe_set("synth3d", pcfg)
+                        by_label = synth3d_metrics(result, probe_set, pcfg, device, cfg,
+                                                   rot4="essl" in args.objectives)
+                        return {(name if not label else part_name(name, label, result)): m
+                                for label, m in by_label.items()}
+
+                    measures, steps, seconds = measured(cfg, args, f"{name}-seed{seed}",
+                                                        args.steps, device, probe)
+                    for row, metrics in measures.items():
                         rows.setdefault(row, Runs(row)).add(
-                            seed, metrics, *((result.steps, result.seconds) if not label
-                                             else (None, None)))
+                            seed, metrics, *((steps, seconds) if row == name else (None, None)))
                     log.info("%s seed %d: %s", name, seed, rows[name].by_seed[seed])
-                    del result
-                    gc.collect()
         if args.cifar_objectives:
             ccfg = cifar_config(args.cifar_objectives[0], args, seeds[0])
             cpcfg = cifar_probes_config(args)
-            cifar_set = load_probe_set(cpcfg.data, cpcfg)
+            cifar_set = None
             for name in args.cifar_objectives:
                 for seed in seeds:
-                    cfg = cifar_config(name, args, seed)
-                    result = trained(cfg, args, f"cifar10-{name}-seed{seed}", args.cifar_steps,
-                                     device)
-                    cifar_rows.setdefault(name, Runs(name)).add(
-                        seed, cifar_metrics(result, cifar_set, cpcfg, device), result.steps,
-                        result.seconds)
+                    def probe(result: TrainResult, name: str = name) -> dict[str, Metrics]:
+                        nonlocal cifar_set
+                        cifar_set = cifar_set or load_probe_set(cpcfg.data, cpcfg)
+                        return {name: cifar_metrics(result, cifar_set, cpcfg, device)}
+
+                    measures, steps, seconds = measured(
+                        cifar_config(name, args, seed), args, f"cifar10-{name}-seed{seed}",
+                        args.cifar_steps, device, probe)
+                    cifar_rows.setdefault(name, Runs(name)).add(seed, measures[name], steps,
+                                                                seconds)
                     log.info("cifar10 %s seed %d: %s", name, seed, cifar_rows[name].by_seed[seed])
-                    del result
-                    gc.collect()
     checks = paper_checks(rows, essl_base, cifar_rows)
     report = format_report(list(rows.values()), list(cifar_rows.values()), checks, first, pcfg,
                            ccfg, cpcfg, args, device, time.perf_counter() - started, argv)

@@ -1,10 +1,11 @@
 """Figures over training seeds: mean ± sd cells, and verdicts that hold beyond the seed spread.
 
-A claim is a per-seed *margin* (a number that is positive when the claim holds for that seed,
-e.g. ``R²_SIE − R²_VICReg − 0.15``), computed from runs that share a seed, so the spread of the
-margin is the spread of the paired difference. The verdict is **yes** only when the mean margin
-is larger than twice its standard deviation over seeds, **no** when it is below minus twice that,
-and **no (within seed noise)** in between; with a single seed there is no spread, so no verdict.
+A claim is a per-seed *margin*, a number that is positive when the claim holds for that seed
+(e.g. ``R²_SIE − R²_VICReg − 0.15``), computed from runs that share a seed, so the spread of
+the margin is the spread of the paired difference. The verdict is **yes** only when the mean margin
+is larger than twice its standard deviation over seeds, **no** when it is below minus twice that
+(or exactly tied on every seed), and **no (within seed noise)** in between; with a single seed
+there is no spread, so no verdict.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def verdict(margins: Sequence[float]) -> str:
         return "n/a (one seed)"
     if mean > 2.0 * sd:
         return "yes"
-    return "no" if mean < -2.0 * sd else "no (within seed noise)"
+    # An exact tie on every seed (sd 0, mean 0) is a plain no, not noise.
+    return "no" if mean < -2.0 * sd or sd == 0.0 else "no (within seed noise)"
 
 
 def paired(series: Sequence[SeedValues | None]) -> list[tuple[float, ...]] | None:

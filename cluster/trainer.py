@@ -72,7 +72,7 @@ def worker_cause(err: ray.train.WorkerGroupError) -> BaseException:
 
 
 def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
-        cluster: ClusterConfig, name: str, keep: int | None = None) -> FitResult:
+        cluster: ClusterConfig, name: str) -> FitResult:
     """Run ``train_fn(payload)`` on ``cluster.num_workers`` Ray Train workers.
 
     Checkpoints go to ``<cluster.storage_path>/<name>`` (local or ``s3://``, see
@@ -80,11 +80,14 @@ def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
     :mod:`pretrain.train.resume`), not registered with Ray Train: re-running with the same
     ``name`` resumes from the newest checkpoint on storage that verifies, and lost workers are
     replaced up to ``cluster.max_failures`` times, each time the same way. The result's
-    checkpoint is the newest one whose driver-side files verify (None: there is none).
-    ``keep`` is not used: the workers prune, by the ``checkpoint.keep`` of their config."""
+    checkpoint is the newest one whose driver-side files verify (None: there is none). The
+    workers also prune old checkpoints, by the ``checkpoint.keep`` of their config."""
     use_gpu = resolve_use_gpu(cluster)
     storage = resolve_storage(cluster)
     drop_ray_snapshot(cluster, name)
+    # The workers' working directory is Ray's, not the driver's: a relative storage path must
+    # reach them resolved here, or they would write their checkpoints somewhere else.
+    payload = {**payload, "run_storage": run_uri(cluster, name)}
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=payload,

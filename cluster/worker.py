@@ -10,7 +10,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cluster.storage import run_store
+from cluster.storage import run_store, store_at
 from pretrain.config.schema import RunConfig
 from pretrain.train.loop import WorkerContext, fit
 
@@ -22,7 +22,8 @@ MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 
 
 def train_worker(payload: dict[str, Any]) -> None:
-    """``payload``: {"config": resolved RunConfig dict, "tracking_uri", "run_id"}."""
+    """``payload``: {"config": resolved RunConfig dict, "tracking_uri", "run_id", and
+    "run_storage": the run's checkpoint folder as the driver resolved it}."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for key, value in MLFLOW_CLIENT_ENV.items():
         os.environ.setdefault(key, value)
@@ -33,5 +34,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.cluster.cpus_per_worker)
     ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
                         device=device)
-    fit(cfg, ctx, run_store(cfg.cluster, cfg.name), tracking_uri=payload.get("tracking_uri"),
-        run_id=payload.get("run_id"))
+    store = (store_at(payload["run_storage"], cfg.cluster.storage_endpoint,
+                      cfg.cluster.storage_region) if payload.get("run_storage")
+             else run_store(cfg.cluster, cfg.name))
+    fit(cfg, ctx, store, tracking_uri=payload.get("tracking_uri"), run_id=payload.get("run_id"))

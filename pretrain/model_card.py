@@ -84,28 +84,29 @@ def _load_section(facts: CardFacts) -> str:
                      "`pretrain.encoder.apply_stem(model, \"cifar\")` before loading the weights "
                      "(`load_encoder` does this for you).")
     finetune = "" if c.num_classes else (
-        '\n   model = timm.create_model("local-dir:enc/", pretrained=True, num_classes=10)'
-        "  # new head, to finetune")
-    return f"""1. With this project (checks the registry's SHA-256, never unpickles):
+        '\nmodel = timm.create_model("local-dir:enc/", pretrained=True, num_classes=10)'
+        "  # new head")
+    # Paragraphs, not a numbered list: Markdown renderers restart a list after a code block.
+    return f"""**With this project** (checks the registry's SHA-256, never unpickles):
 
-   ```python
-   from pretrain.hub import load_encoder
-   {kind} = load_encoder("{uri}")
-   ```
+```python
+from pretrain.hub import load_encoder
+{kind} = load_encoder("{uri}")
+```
 
-2. With plain timm, from a pulled folder (`pretrain pull {uri} --out enc/`):
+**With plain timm, from a pulled folder** (`pretrain pull {uri} --out enc/`):
 
-   ```python
-   import timm
-   {kind} = timm.create_model("local-dir:enc/", pretrained=True){finetune}
-   ```
+```python
+import timm
+{kind} = timm.create_model("local-dir:enc/", pretrained=True){finetune}
+```
 
-3. With plain timm, by architecture name:
+**With plain timm, by architecture name:**
 
-   ```python
-   {kind} = timm.create_model("{c.architecture}", num_classes={c.num_classes}, """ \
+```python
+{kind} = timm.create_model("{c.architecture}", num_classes={c.num_classes}, """ \
         f"""checkpoint_path="enc/model.safetensors"{_args_text(c)})
-   ```{stem_note}"""
+```{stem_note}"""
 
 
 def _args_text(config: ModelConfig) -> str:

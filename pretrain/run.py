@@ -134,7 +134,7 @@ def _train_and_finish(cfg: RunConfig, tracking_uri: str, run_id: str):
         with sigterm_raises_job_stopped():
             result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
                                                 "tracking_uri": tracking_uri, "run_id": run_id},
-                                 cluster=cfg.cluster, name=cfg.name, keep=cfg.checkpoint.keep)
+                                 cluster=cfg.cluster, name=cfg.name)
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.name} produced no checkpoint")
         with result.checkpoint.as_directory() as local:
@@ -163,8 +163,10 @@ def _train_and_finish(cfg: RunConfig, tracking_uri: str, run_id: str):
 
 def resume_hint(cfg: RunConfig) -> str:
     """How to continue a run that stopped: the same name resumes from its last checkpoint."""
+    from cluster.storage import run_uri
+
     return (f"re-run with the same config (name={cfg.name}) to resume from its last checkpoint "
-            f"in {cfg.cluster.storage_path}")
+            f"in {redact_text(run_uri(cfg.cluster, cfg.name))}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,11 +32,13 @@ if [ "$rc" -ne 0 ]; then
     exit "$rc"
 fi
 
-# 7 objectives; about 30 s each go to engine set-up, calibration and the probes.
+# The fidelity suite (3 seeds; synth3d and CIFAR-10 parts) has a step budget, not a time budget:
+# FIDELITY_STEPS / FIDELITY_CIFAR_STEPS per run (not yet sized on a GPU; issue 10, item 7). The
+# timeout keeps it inside BUDGET_S; a run cut short leaves its log in $OUT.
 left=$((budget - SECONDS))
-minutes=$(python3 -c "print(round(max(0.25, ($left - 60 - 7 * 30) / 420), 2))")
-echo "== fidelity table: $minutes min per objective ($left s left of $budget)"
+echo "== fidelity suite ($left s left of $budget)"
 timeout $((left > 30 ? left - 10 : 20)) python3 benchmarks/fidelity.py \
-    --minutes-per-objective "$minutes" --probe-objects 3072 --set data.num_workers=8 \
-    --out "$out/fidelity_gpu.md" 2>&1 | grep -v "\[WARNING\]" | tee "$out/fidelity.log"
+    --steps "${FIDELITY_STEPS:-1000}" --cifar-steps "${FIDELITY_CIFAR_STEPS:-500}" \
+    --set data.num_workers=8 --out "$out/fidelity_gpu.md" 2>&1 \
+    | grep -v "\[WARNING\]" | tee "$out/fidelity.log"
 exit "${PIPESTATUS[0]}"

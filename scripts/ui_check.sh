@@ -47,8 +47,17 @@ log="$(mktemp -t ui_check.XXXXXX.log)"
 profile="$(mktemp -d -t ui_check-chromium.XXXXXX)"
 ui_pid=""
 
-group_members() {  # pids whose process group is $1
-  ps -e -o pid=,pgid= | awk -v g="$1" '$2 == g { printf "%s ", $1 }'
+group_members() {  # live pids whose process group is $1 (zombies are only waiting to be reaped)
+  ps -e -o pid=,pgid=,stat= | awk -v g="$1" '$2 == g && $3 !~ /^Z/ { printf "%s ", $1 }'
+}
+
+wait_group_empty() {  # wait_group_empty PGID SECONDS
+  local i
+  for i in $(seq 1 $(($2 * 2))); do
+    [ -z "$(group_members "$1")" ] && return 0
+    sleep 0.5
+  done
+  return 1
 }
 
 stop_ui() {
@@ -58,12 +67,10 @@ stop_ui() {
   members="$(group_members "$ui_pid")"
   echo "ui_check: stopping the UI's process group $ui_pid: $(echo $members | wc -w) processes" >&2
   for pid in $members; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 20); do
-    members="$(group_members "$ui_pid")"
-    [ -z "${members// /}" ] && break
-    sleep 0.5
-  done
-  for pid in $members; do kill -KILL "$pid" 2>/dev/null || true; done
+  if ! wait_group_empty "$ui_pid" 30; then
+    for pid in $(group_members "$ui_pid"); do kill -KILL "$pid" 2>/dev/null || true; done
+    wait_group_empty "$ui_pid" 10 || true
+  fi
   left="$(group_members "$ui_pid")"
   if [ -n "${left// /}" ]; then
     echo "ui_check: processes left in group $ui_pid: $left" >&2

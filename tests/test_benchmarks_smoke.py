@@ -64,7 +64,8 @@ def test_fidelity_main_prints_seed_tables_and_decides_the_claims(tmp_path):
         "--save-dir", str(tmp_path / "kept"), "--out", str(out)])
     assert out.read_text() == report + "\n"
     headers, rows = _table(report.split("### CIFAR-10")[0], "objective")
-    assert headers == ["objective", "steps", "train s", *(c.header for c in fidelity.SYNTH3D_COLUMNS)]
+    assert headers == ["objective", "steps", "train s",
+                       *(c.header for c in fidelity.SYNTH3D_COLUMNS)]
     names = [r[0] for r in rows]
     assert names == ["vicreg", "sie", "sie [invariant part, dims 0-47]",
                      "sie [equivariant part, dims 48-95]", "seq_jepa_no_action"]
@@ -91,10 +92,17 @@ def test_fidelity_main_prints_seed_tables_and_decides_the_claims(tmp_path):
     assert "seeds 0 1" in report and "command: `" in report and "cores" in report
 
     # The kept weights re-probe to the same rows without training again.
-    again = fidelity.main([*common, "--from-saved", str(tmp_path / "kept"),
+    again = fidelity.main([*common, "--from-saved", str(tmp_path / "kept"), "--reprobe",
                            "--objectives", "vicreg", "sie", "--cifar-objectives"])
     assert _table(again, "objective")[1] == [r for r in rows if r[0].startswith(("vicreg", "sie"))]
     assert f"kept in {tmp_path / 'kept'}" in again
+    # Without --reprobe the kept metrics assemble the whole report again, claims included.
+    (tmp_path / "kept" / "vicreg-seed0.safetensors").unlink()  # not needed any more
+    assembled = fidelity.main([*common, "--from-saved", str(tmp_path / "kept"),
+                               "--objectives", "vicreg", "sie", "seq_jepa_no_action",
+                               "--cifar-objectives", "simclr", "essl",
+                               "--cifar-dir", str(tmp_path / "cifar")])
+    assert assembled.split("### Synthetic")[1] == report.split("### Synthetic")[1]
 
 
 @pytest.mark.slow
@@ -236,6 +244,7 @@ def test_seed_cells_and_verdicts():
     assert seeds.verdict([-0.3, -0.31, -0.29]) == "no"
     assert seeds.verdict([0.1, -0.1, 0.05]) == "no (within seed noise)"
     assert seeds.verdict([0.2]) == "n/a (one seed)"
+    assert seeds.verdict([0.0, 0.0, 0.0]) == "no"  # a tie is not a gain
     assert seeds.paired([{0: 1.0, 1: 2.0}, {1: 3.0, 2: 4.0}]) == [(2.0, 3.0)]
     assert seeds.paired([{0: 1.0}, None]) is None
 

@@ -92,8 +92,9 @@ def test_sie_predictor_losses_read_an_exactly_equivariant_projection() -> None:
     assert float(losses["shuffled"]) > 0.1 and float(losses["no_change"]) > 0.1
 
 
-QUARTER_TURNS = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5 ** 0.5, 0.5 ** 0.5, 0.0, 0.0],
-                              [0.5 ** 0.5, 0.0, 0.5 ** 0.5, 0.0], [0.5 ** 0.5, 0.0, 0.0, 0.5 ** 0.5]])
+_H = 0.5 ** 0.5
+QUARTER_TURNS = torch.tensor([[1.0, 0.0, 0.0, 0.0], [_H, _H, 0.0, 0.0], [_H, 0.0, _H, 0.0],
+                              [_H, 0.0, 0.0, _H]])
 
 
 def sequence_batch(n: int, m: int, width: int, g: torch.Generator) -> ViewBatch:
@@ -154,8 +155,8 @@ def _rotation_readout(objective: str, steps: int) -> float:
     size = 16
     encoder = timm.create_model("test_resnet", num_classes=0)
     if objective == "essl":
-        model = ESSL(ESSLConfig(head_hidden_dims=[64], simclr=SimCLRConfig(projector_dims=[64, 32])),
-                     encoder, encoder.num_features)
+        heads = ESSLConfig(head_hidden_dims=[64], simclr=SimCLRConfig(projector_dims=[64, 32]))
+        model = ESSL(heads, encoder, encoder.num_features)
         recipe = AugmentConfig(recipe="essl", small_crop_size=12, small_crop_scale=(0.5, 1.0))
     else:
         model = SimCLR(SimCLRConfig(projector_dims=[64, 32]), encoder, encoder.num_features)

@@ -18,6 +18,7 @@ from pretrain.exporting import export_run
 from pretrain.hub import load_encoder
 from pretrain.run import run
 from pretrain.tracking.runs import RUN_NAME_TAG
+from pretrain.train.checkpoint import safe_load
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +47,16 @@ def _config(tmp: Path, data: Path, name: str, *extra: str):
         "cluster.cpus_per_worker=1", "deepspeed.zero_stage=2", "train.epochs=3",
         "checkpoint.every_steps=2", "checkpoint.keep=2", "tracking.log_every_steps=1",
         "tracking.system_metrics=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        f"cluster.storage_path={tmp / 'runs'}", "registry.name=e2e-encoder",
+        # Relative, as in the quickstart: the tests run in ``tmp`` (``in_tmp_cwd``), and the
+        # workers, whose working directory is Ray's, must still write under ``tmp / "runs"``.
+        "cluster.storage_path=runs", "registry.name=e2e-encoder",
         "probes.enabled=false", *extra])
 
 
 def _final_module_weights(storage: Path) -> dict[str, torch.Tensor]:
     """The encoder weights inside the newest DeepSpeed checkpoint (our own training file)."""
     newest = sorted(storage.glob("checkpoint_0*"))[-1]
-    states = torch.load(newest / "engine" / "mp_rank_00_model_states.pt", map_location="cpu",
-                        weights_only=False)
+    states = safe_load(newest / "engine" / "mp_rank_00_model_states.pt", map_location="cpu")
     return {k.removeprefix("encoder."): v for k, v in states["module"].items()
             if k.startswith("encoder.")}
 

@@ -133,7 +133,7 @@ def test_killed_worker_says_how_to_resume_and_a_stopped_run_ends_killed(tmp_path
         "cluster": {"storage_path": str(tmp_path / "runs"), "max_failures": 0},
         "probes": {"enabled": False}}))
     hint = (f"re-run with the same config (name=stop-me) to resume from its last checkpoint in "
-            f"{tmp_path / 'runs'}")
+            f"{(tmp_path / 'runs' / 'stop-me').resolve()}")
 
     driver = _launch(config, tmp_path)
     try:

@@ -432,7 +432,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="synth3d batch; default: the configs' (64)")
     parser.add_argument("--objectives", nargs="*", choices=list(VARIANTS),
                         default=list(DEFAULT_SYNTH3D), help="synth3d rows (none: skip the part)")
-    parser.add_argument("--probe-objects", type=int, default=2048,
+    parser.add_argument("--probe-objects", type=int, default=3072,
                         help="held-out objects probed: 2/3 probe-train, 1/3 probe-test; every "
                         "one gives a regressor pair (the rotation read-out needs thousands)")
     parser.add_argument("--cifar-objectives", nargs="*", choices=list(CIFAR_OBJECTIVES),

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from augment.pipeline import ViewAugmenter
 from pretrain.config import load_config
+from pretrain.train import checkpoint
 from pretrain.train.distributed import single_process_group
 from pretrain.train.engine import build_engine
 from pretrain.train.loop import build_model
@@ -121,7 +122,7 @@ def test_zero_1_and_2_skip_no_step_under_cpu_bf16_and_agree_with_zero_0(process_
 
 
 @pytest.mark.slow
-def test_a_skipped_step_is_counted_and_warned(process_group, caplog):
+def test_a_skipped_step_is_counted_and_warned(process_group, caplog, tmp_path):
     """A real ZeRO-1 engine fed a non-finite loss skips the step; the loop's health check logs
     the count as ``train/skipped_steps`` and warns, and a non-finite mean loss warns too."""
     cfg = load_config(None, ["encoder.model=test_resnet", "data.image_size=16",
@@ -143,3 +144,16 @@ def test_a_skipped_step_is_counted_and_warned(process_group, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "pretrain.train"]
     assert messages == ["step 2: the optimizer skipped 1 step(s) with non-finite gradients "
                         "(1 in all)", "step 2: the mean loss of the last interval is nan"]
+
+    # A resumed engine restores DeepSpeed's count from its checkpoint: the loop starts its check
+    # from it, so an old skip is not warned about again after every resume.
+    checkpoint.save(engine, checkpoint.TrainState(step=2), tmp_path)
+    resumed = build_engine(build_model(cfg)[0], cfg, total_steps=10, world_size=1, device=CPU)
+    checkpoint.load(resumed, tmp_path)
+    assert resumed.skipped_steps == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pretrain.train"):
+        train_step(resumed, augmenter(images, generator_for(0, "t", 2)))
+        assert StepHealth(resumed.skipped_steps).check(resumed, 3, 1.5) == {
+            "train/skipped_steps": 1.0}
+    assert not [r for r in caplog.records if r.name == "pretrain.train"]

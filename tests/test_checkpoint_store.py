@@ -131,3 +131,45 @@ def test_prune_keeps_the_newest_complete_and_clears_older_leftovers(tmp_path):
     write_checkpoint(store, 7, FILES, tmp_path)
     assert store.prune(keep=2) == [checkpoint_dir_name(6)]
     assert store.names() == [checkpoint_dir_name(s) for s in (5, 7, 99)]
+
+
+def test_prune_never_deletes_the_checkpoint_just_written_below_skipped_ones(tmp_path):
+    """A run that resumed below newer folders it had to skip (a payload refused to unpickle,
+    same-size damage: complete by manifest and sizes) writes checkpoint 1 again; counting the
+    skipped folders as the ``keep`` newest deleted the new checkpoint at once."""
+    store = local_store(tmp_path / "run")
+    for step in (2, 3):  # complete, but resume skipped them and started from step 0
+        write_checkpoint(store, step, FILES, tmp_path)
+    written = write_checkpoint(store, 1, FILES, tmp_path)
+    assert store.prune(keep=2, written=written) == []
+    assert store.names() == [checkpoint_dir_name(s) for s in (1, 2, 3)]
+    write_checkpoint(store, 0, FILES, tmp_path, publish=False)  # an older crash leftover
+    assert store.prune(keep=1, written=written) == [checkpoint_dir_name(0)]
+    assert store.names() == [checkpoint_dir_name(s) for s in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("pickled", [b"\x80\x02a.", b"\x80\x02}q\x00(X", b"\x80\x02h\x05.",
+                                     b"\x80\x02}(K\x01u.", b"b."])
+def test_a_malformed_pickle_is_refused_like_a_payload(pickled, tmp_path):
+    """Pickles the allow-list lets through but that are malformed (an APPEND on an empty stack,
+    a truncated opcode, a missing memo entry...) raised IndexError, KeyError or struct.error out
+    of resume: with a manifest that matches them, every re-run crashed on the same folder."""
+    import io
+    import zipfile
+
+    import torch
+
+    from pretrain.train.checkpoint import UnsafeCheckpointError, check_loadable
+
+    good = io.BytesIO()
+    torch.save({"weights": torch.ones(2)}, good)
+    engine = tmp_path / "ckpt" / "engine"
+    engine.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(good.getvalue())) as source, \
+            zipfile.ZipFile(engine / "mp_rank_00_model_states.pt", "w") as planted:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            planted.writestr(info, pickled if info.filename.endswith("data.pkl") else data)
+    with pytest.raises(UnsafeCheckpointError,
+                       match="^engine/mp_rank_00_model_states.pt: not a readable torch file"):
+        check_loadable(tmp_path / "ckpt")

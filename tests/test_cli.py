@@ -96,7 +96,7 @@ def test_synth3d_import_inspect_round_trip(tmp_path):
     imported = cli("data", "import", str(tmp_path / "images"), "--out", str(tmp_path / "imp"))
     assert imported.returncode == 0, imported.stderr
     assert len(list((tmp_path / "imp").glob("*.tar"))) == 1
-    # one line per stage on stderr (the per-file progress bar with its ETA is on stdout)
+    # one line per stage on stderr, with the per-file progress (bar or lines with an ETA)
     assert f"found 3 files (1 classes) in {tmp_path / 'images'}" in imported.stderr
     assert "wrote 1 shard(s) and index.json" in imported.stderr
     assert "wrote 3 images (1 classes) in 1 shard(s)" in imported.stdout

@@ -261,6 +261,20 @@ def test_missing_paths_and_empty_lists_name_the_path(tmp_path) -> None:
         make_loader([str(missing)], [4], **loader_kwargs(world_size=1))
 
 
+def test_a_shard_url_with_credentials_is_redacted_in_the_error() -> None:
+    # Issue 11 item 2: a DataError line reaches the terminal, Ray's logs and the job's failure.
+    from pretrain.data.sources import iter_shard
+
+    url = "http://alice:PW1@127.0.0.1:9/train-000.tar?token=T0K"  # port 9: connection refused
+    with pytest.raises(DataError) as caught:
+        list(iter_shard(url, 0, 1))
+    message = str(caught.value)
+    assert "http://***@127.0.0.1:9/train-000.tar?token=***" in message
+    assert "PW1" not in message and "T0K" not in message
+    # Re-created from its message (DataLoader workers, Ray): the same line.
+    assert str(DataError(message)) == message
+
+
 def test_counts_by_scanning_equal_true_counts(tmp_path) -> None:
     with ShardSetWriter(tmp_path, shard_size=6) as writer:
         for i in range(17):

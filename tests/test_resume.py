@@ -175,6 +175,25 @@ def test_planted_pickle_payload_never_runs(zero_stage, planted, tmp_path, caplog
     torch.load(target, map_location="cpu", weights_only=False)
     assert marker.read_text() == "payload ran"
 
+    # The resumed run checkpoints step 1 again with checkpoint.keep=1: pruning must not count the
+    # skipped (complete by its manifest) checkpoint 2 as the one to keep and delete the new one.
+    resume.save(store, fresh, checkpoint.TrainState(step=1), rank=0, world_size=1, device=CPU,
+                keep=1)
+    assert store.names() == [checkpoint_dir_name(1), checkpoint_dir_name(2)]
+
+
+def test_universal_checkpoint_loading_is_refused():
+    """DeepSpeed 0.19.8 loads universal checkpoints' ``zero/*/*.pt`` with
+    ``torch.load(weights_only=False)``, bypassing the safe checkpoint engine: a config that
+    turns it on through ``deepspeed.extra`` must not resume at all."""
+    cfg = load_config(None, ["encoder.model=test_resnet", "data.image_size=32",
+                             "objective.vicreg.expander_dims=[32,32]",
+                             "deepspeed.extra.checkpoint.load_universal=true"])
+    engine = _fresh_engine(cfg)
+    assert engine.load_universal_checkpoint()
+    with pytest.raises(ValueError, match="checkpoint.load_universal is not supported"):
+        checkpoint.use_safe_loading(engine)
+
 
 KILLED_WORKER = """
 import os, signal, sys

@@ -46,6 +46,11 @@ LEAKS = ("PASS1", "KEY2", "SECRET2", "TOKEN3", "APIKEY4")
     ("/data/shards/train-{000..009}.tar", "/data/shards/train-{000..009}.tar"),
     ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
     ("user@example.com", "user@example.com"),  # not a URI: no scheme
+    # A raw "@" in the password: the userinfo ends at the authority's last "@", as urllib reads it.
+    ("https://alice:p@ss@host/x", "https://***@host/x"),
+    ("https://host/a@b/c", "https://host/a@b/c"),  # "@" in the path is no userinfo
+    ("pipe:curl -s -u user:pw https://h/s.tar", "pipe:curl -s -u *** https://h/s.tar"),
+    ("pipe:curl --user='user:pw' https://h/s.tar", "pipe:curl --user='***' https://h/s.tar"),
 ])
 def test_redact_text_known_answers(text, expected):
     assert redact_text(text) == expected
@@ -59,6 +64,7 @@ def test_redact_tree_hides_secret_named_keys_whole():
                                   "n_tokens": 0, "name": "ok", "empty_secret": None},
                             "b": [1, "https://***@h"]}
     assert strip_userinfo("https://u:p@h:1/x") == "https://h:1/x"
+    assert strip_userinfo("https://u:p@ss@h:1/x") == "https://h:1/x"
 
 
 # ---------------------------------------------------------------- MLflow params and config.yaml

@@ -46,6 +46,7 @@ def import_folder(
 
     if shard_size < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--shard-size")
+
     def stage(line: str) -> None:
         typer.echo(line, err=True)
 

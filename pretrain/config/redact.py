@@ -9,7 +9,8 @@ never in a config; when one slips in anyway it is replaced by ``***`` here:
   in a string (a ``pipe:curl ...`` data path included);
 - the value of every URL query parameter whose name looks secret (``?token=...``,
   ``X-Amz-Signature=...``);
-- ``Authorization``-style ``Bearer``/``Basic`` credentials inside a string;
+- ``Authorization``-style ``Bearer``/``Basic`` credentials and curl's ``-u USER:PASS`` inside a
+  string;
 - the whole value of every mapping key whose name looks secret (``api_key``, ``password``, ...),
   numbers excepted.
 """
@@ -25,10 +26,14 @@ REDACTED = "***"
 _SECRET_NAME = re.compile(
     r"secret|token|passw|pwd|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credential|"
     r"signature|auth|^sig$", re.IGNORECASE)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
+# Userinfo runs to the authority's last "@" (as urllib splits it): a password holding a raw "@"
+# ("https://u:p@ss@host") is hidden whole, not cut at its first "@".
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s?#]+)@")
 _QUERY_PARAM = re.compile(r"(?P<sep>[?&;])(?P<name>[^=&;#\s]+)=(?P<value>[^&;#\s]*)")
 _AUTH_HEADER = re.compile(r"(?P<kind>\b(?:Bearer|Basic))\s+[A-Za-z0-9._~+/=-]+",
                           re.IGNORECASE)
+# curl's ``-u USER:PASSWORD`` / ``--user USER:PASSWORD`` in a ``pipe:curl ...`` data path.
+_CURL_USER = re.compile(r"(?P<flag>(?<!\S)(?:-u|--user)(?:\s+|=))(?P<quote>['\"]?)[^\s'\"]+")
 
 
 def is_secret_name(name: str) -> bool:
@@ -37,10 +42,12 @@ def is_secret_name(name: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with URI userinfo, secret query values and bearer credentials replaced."""
+    """``text`` with URI userinfo, secret query values, bearer credentials and curl ``-u``
+    credentials replaced."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
     text = _QUERY_PARAM.sub(lambda m: (f"{m['sep']}{m['name']}={REDACTED}"
                                        if is_secret_name(m["name"]) else m[0]), text)
+    text = _CURL_USER.sub(lambda m: f"{m['flag']}{m['quote']}{REDACTED}", text)
     return _AUTH_HEADER.sub(lambda m: f"{m['kind']} {REDACTED}", text)
 
 

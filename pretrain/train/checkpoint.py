@@ -65,7 +65,9 @@ def safe_load(path: str | Path, map_location=None, *, mmap: bool = False,
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(f"{label}: refused to unpickle it ({_unsafe_reason(err)})") \
             from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a malformed pickle that the allow-list does not
+        # stop raises whatever the unpickler meets (IndexError, KeyError, struct.error, ...):
+        # every one means "skip this checkpoint", never a crash that repeats on every re-run.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(f"{label}: not a readable torch file ({first})") from None
 
@@ -92,7 +94,13 @@ def use_safe_loading(engine) -> None:
 
     Raises:
         ValueError: ``deepspeed.extra`` configured another checkpoint engine (its loader is not
-            known to be safe)."""
+            known to be safe), or universal checkpoints (DeepSpeed 0.19.8 reads their
+            ``zero/*/*.pt`` files with ``torch.load(weights_only=False)`` directly, past any
+            checkpoint engine)."""
+    if engine.load_universal_checkpoint():
+        raise ValueError("deepspeed.extra checkpoint.load_universal is not supported: DeepSpeed "
+                         "reads universal checkpoints with torch.load(weights_only=False), which "
+                         "runs any code planted in checkpoint storage")
     current = engine.checkpoint_engine
     if isinstance(current, SafeTorchCheckpointEngine):
         return

@@ -95,7 +95,7 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, store, info, 
            prober) -> None:
     running = RunningMeans()
     window = _Window()
-    step_health = StepHealth()
+    step_health = StepHealth(int(getattr(engine, "skipped_steps", 0)))  # restored on resume
     started = time.perf_counter()
     while state.step < plan.stop_step:
         epoch, skip = divmod(state.step, plan.steps_per_epoch)

@@ -113,6 +113,6 @@ def save(store: CheckpointStore, engine, state: checkpoint.TrainState, *, rank: 
     if rank == 0:
         merged = merge({p: FileEntry(*e) for p, e in part.items()} for part in parts)
         store.publish(name, Manifest(state.step, merged))
-        for old in store.prune(keep):
+        for old in store.prune(keep, written=name):
             log.info("deleted old checkpoint %s (checkpoint.keep=%d)", old, keep)
     return name

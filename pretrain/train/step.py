@@ -64,10 +64,13 @@ class StepHealth:
     ``engine.skipped_steps``; under bf16 autocast there is no loss scale to lower, so a skip means
     the gradients were wrong, never a routine scale adjustment. ZeRO 0 does not check at all and
     applies them. Either way the run must say so: the count is logged as ``train/skipped_steps``
-    and every new skip or non-finite mean loss is a warning."""
+    and every new skip or non-finite mean loss is a warning.
 
-    def __init__(self) -> None:
-        self.skipped = 0
+    ``already_skipped``: the engine's count when checking starts (a resumed engine restores
+    DeepSpeed's ``skipped_steps`` from its checkpoint; those skips were warned about before)."""
+
+    def __init__(self, already_skipped: int = 0) -> None:
+        self.skipped = already_skipped
 
     def check(self, engine, step: int, mean_loss: float) -> dict[str, float]:
         skipped = int(getattr(engine, "skipped_steps", 0))

@@ -182,11 +182,17 @@ class CheckpointStore:
         if self.filesystem.get_file_info(self.path(name)).type != pafs.FileType.NotFound:
             self.filesystem.delete_dir(self.path(name))
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int, written: str | None = None) -> list[str]:
         """Keep the ``keep`` newest complete checkpoints; delete every older folder, complete or
         not (crash leftovers). Folders newer than the newest complete one are left alone.
-        Returns the deleted names."""
-        names = self.names()
+        Returns the deleted names.
+
+        ``written``: the checkpoint just written. Folders newer than it are ones that resume
+        skipped (damaged, or refused to unpickle) before this run went back to an older step;
+        they are left alone and never counted as kept, or the ``keep`` newest "complete" folders
+        would be those and the checkpoint just written would be deleted at once."""
+        limit = step_of(written) if written is not None else None
+        names = [n for n in self.names() if limit is None or (step_of(n) or 0) <= limit]
         complete = [n for n in names if self.complete(n)]
         if not complete:
             return []

@@ -85,3 +85,54 @@ def test_recipe_needs_enough_decoded_views():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["objective.name=seq_jepa", "augment.source=distinct", "data.views=2"])
     assert str(info.value).startswith("data.views:")
+
+
+@pytest.mark.parametrize("override, key, secret", [
+    ("cluster.storage_path=s3://AKIAKEY:SECRETKEY@bucket/runs", "cluster.storage_path",
+     "SECRETKEY"),
+    ("cluster.storage_endpoint=http://AKIAKEY:SECRETKEY@minio:9000", "cluster.storage_endpoint",
+     "SECRETKEY"),
+    ("cluster.storage_endpoint=https://AKIAKEY@minio:9000", "cluster.storage_endpoint",
+     "AKIAKEY"),
+])
+def test_storage_userinfo_is_refused_at_validation(override, key, secret):
+    # It reached the run's pretrain.storage tag unredacted, and pyarrow cannot use it anyway.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(key + ": holds URI userinfo"), message
+    assert "AWS_ACCESS_KEY_ID" in message and "AWS_SECRET_ACCESS_KEY" in message
+    assert secret not in message
+    assert "\n" not in message
+
+
+def test_storage_without_userinfo_still_validates():
+    cfg = load_config(None, ["cluster.storage_path=/data/team@lab/runs",
+                             "cluster.storage_endpoint=http://minio:9000"])
+    assert cfg.cluster.storage_path == "/data/team@lab/runs"  # a local path: no URI, no userinfo
+    assert load_config(None, ["cluster.storage_path=s3://bucket/runs"]).cluster.storage_path \
+        == "s3://bucket/runs"
+
+
+@pytest.mark.parametrize("override, setting", [
+    # universal checkpoints are read with torch.load(weights_only=False), past any engine
+    ("deepspeed.extra.checkpoint.load_universal=true", "checkpoint.load_universal"),
+    # other checkpoint engines: fast, decoupled, DataStates
+    ("deepspeed.extra.checkpoint.writer={type: fast}", "checkpoint.writer"),
+    ("deepspeed.extra.checkpoint.writer.decoupled=true", "checkpoint.writer"),
+    ("deepspeed.extra.datastates_ckpt={}", "datastates_ckpt"),
+])
+def test_unsafe_checkpoint_loading_is_refused_at_validation(override, setting):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(f"deepspeed.extra: {setting} is not supported"), message
+    assert "\n" not in message
+
+
+def test_safe_deepspeed_checkpoint_settings_still_validate():
+    cfg = load_config(None, ["deepspeed.extra.checkpoint.load_universal=false",
+                             "deepspeed.extra.checkpoint.tag_validation=Warn",
+                             "deepspeed.extra.datastates_ckpt=false"])
+    assert cfg.deepspeed.extra["checkpoint"] == {"load_universal": False,
+                                                 "tag_validation": "Warn"}

@@ -114,8 +114,9 @@ def test_render_yaml_is_the_same_documents():
     # credentials never go into the ConfigMap (issue 11 item 2)
     (IMAGE, 0, None, [S3, "data.path=https://data.example.com/s-{0..3}.tar?token=abc"],
      "data.path: holds a credential"),
-    (IMAGE, 0, None, [S3, "cluster.storage_endpoint=http://KEY:SECRET@minio:9000"],
-     "cluster.storage_endpoint: holds a credential"),
+    # (in cluster.storage_* validation refuses it already: tests/test_config.py)
+    (IMAGE, 0, None, [S3, "deepspeed.extra.comet.url=http://KEY:SECRET@comet.example.com"],
+     "deepspeed.extra.comet.url: holds a credential"),
     (IMAGE, 0, None, [S3, "deepspeed.extra.monitor.api_key=abc"],
      "deepspeed.extra.monitor.api_key: holds a credential"),
 ])

@@ -187,8 +187,11 @@ def test_universal_checkpoint_loading_is_refused():
     ``torch.load(weights_only=False)``, bypassing the safe checkpoint engine: a config that
     turns it on through ``deepspeed.extra`` must not resume at all."""
     cfg = load_config(None, ["encoder.model=test_resnet", "data.image_size=32",
-                             "objective.vicreg.expander_dims=[32,32]",
-                             "deepspeed.extra.checkpoint.load_universal=true"])
+                             "objective.vicreg.expander_dims=[32,32]"])
+    # Config validation refuses it already (tests/test_config.py); bypass validation (model_copy
+    # does not validate) to test the worker's own check.
+    cfg = cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(
+        update={"extra": {"checkpoint": {"load_universal": True}}})})
     engine = _fresh_engine(cfg)
     assert engine.load_universal_checkpoint()
     with pytest.raises(ValueError, match="checkpoint.load_universal is not supported"):

@@ -25,7 +25,8 @@ from pretrain.tracking.runs import (
 )
 
 SECRETS = ("tracking.uri=https://alice:PASS1@mlflow.example.com",
-           "cluster.storage_endpoint=http://KEY2:SECRET2@minio:9000",
+           # (userinfo in cluster.storage_* never gets this far: validation refuses it)
+           "deepspeed.extra.comet.url=http://KEY2:SECRET2@comet.example.com",
            "data.path=https://data.example.com/train-{000..009}.tar?token=TOKEN3&part=1",
            "deepspeed.extra.monitor.api_key=APIKEY4",
            "deepspeed.extra.comet.project=visible")
@@ -98,7 +99,7 @@ def test_no_secret_reaches_params_or_the_config_artifact(store, tmp_path):
                                    "&part=1")
     assert params["deepspeed.extra.monitor.api_key"] == "***"
     assert params["deepspeed.extra.comet.project"] == "visible"
-    assert stored["cluster"]["storage_endpoint"] == "http://***@minio:9000"
+    assert stored["deepspeed"]["extra"]["comet"]["url"] == "http://***@comet.example.com"
 
 
 # ---------------------------------------------------------------- a run name keeps its config

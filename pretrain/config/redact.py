@@ -87,6 +87,12 @@ def secret_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return found
 
 
+def has_userinfo(text: str) -> bool:
+    """Whether ``text`` holds a URI with userinfo (``s3://KEY:SECRET@bucket``, ``http://u@host``),
+    by the same rule :func:`redact_text` hides it with."""
+    return bool(_USERINFO.search(text))
+
+
 def strip_userinfo(uri: str) -> str:
     """``uri`` without its userinfo (``https://u:p@host`` -> ``https://host``), for URIs that are
     shipped and used elsewhere: the credentials travel in environment variables instead."""

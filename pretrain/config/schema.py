@@ -13,6 +13,8 @@ from objectives.seq_jepa import SeqJEPAConfig
 from objectives.sie import SIEConfig
 from objectives.simclr import SimCLRConfig
 from objectives.vicreg import VICRegConfig
+from pretrain.config.redact import has_userinfo
+from pretrain.config.safe_loading import unsafe_loading_problem
 from pretrain.data.synth3d import Synth3DConfig
 from pretrain.probes.config import ProbesConfig
 
@@ -99,6 +101,15 @@ class DeepSpeedConfig(_Section):
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="Merged into the generated DeepSpeed config.")
 
+    @field_validator("extra")
+    @classmethod
+    def _keeps_checkpoint_loading_safe(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        # The generated config sets none of these keys, so checking ``extra`` checks the merge.
+        problem = unsafe_loading_problem(extra)
+        if problem is not None:
+            raise ValueError(problem)
+        return extra
+
 
 class ClusterConfig(_Section):
     address: str | None = Field(None, description="Ray address; None starts an embedded local Ray.")
@@ -115,6 +126,17 @@ class ClusterConfig(_Section):
         "Credentials only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
     storage_region: str | None = Field(
         None, description="S3 region; None: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1.")
+
+    @field_validator("storage_path", "storage_endpoint")
+    @classmethod
+    def _no_userinfo(cls, value: str | None) -> str | None:
+        # Storage locations are recorded with the run (the pretrain.storage tag) and pyarrow
+        # cannot use an endpoint with userinfo anyway: keys never belong in them.
+        if value is not None and has_userinfo(value):
+            raise ValueError("holds URI userinfo (user:pass@), which would be stored with the "
+                             "run; give S3 keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                             "(environment variables or a Kubernetes Secret)")
+        return value
 
 
 class CheckpointConfig(_Section):

@@ -24,6 +24,8 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from pretrain.config.safe_loading import unsafe_loading_problem
+
 ENGINE_TAG = "engine"
 STATE_NAME = "train_state.json"
 ENCODER_DIR = "encoder"
@@ -96,7 +98,13 @@ def use_safe_loading(engine) -> None:
         ValueError: ``deepspeed.extra`` configured another checkpoint engine (its loader is not
             known to be safe), or universal checkpoints (DeepSpeed 0.19.8 reads their
             ``zero/*/*.pt`` files with ``torch.load(weights_only=False)`` directly, past any
-            checkpoint engine)."""
+            checkpoint engine). Config validation refuses both already, by the same rule
+            (:func:`pretrain.config.safe_loading.unsafe_loading_problem`); this is the check on
+            the config the engine was actually built from, then on the engine itself."""
+    problem = unsafe_loading_problem(engine._config._param_dict)
+    if problem is not None:
+        raise ValueError(f"deepspeed.extra: {problem}")
+    # Defence in depth, should DeepSpeed pick its loader by other settings than the rule knows.
     if engine.load_universal_checkpoint():
         raise ValueError("deepspeed.extra checkpoint.load_universal is not supported: DeepSpeed "
                          "reads universal checkpoints with torch.load(weights_only=False), which "

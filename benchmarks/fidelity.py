@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
@@ -58,7 +58,7 @@ from pretrain.probes.probeset import CIFAR10_DIR, ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
 from pretrain.train.loop import WorkerContext, build_augmenter, endless_batches
 from pretrain.train.plan import plan_training
-from pretrain.train.seeding import generator_for
+from pretrain.train.seeding import derive_seed, generator_for
 from pretrain.train.step import make_views
 
 SCRIPT = "benchmarks/fidelity.py"
@@ -107,26 +107,26 @@ class Runs:
 
     name: str
     steps: int | None = None
-    seconds: list[float] | None = None
-    by_seed: dict[int, Metrics] | None = None
+    seconds: list[float] = field(default_factory=list)
+    by_seed: dict[int, Metrics] = field(default_factory=dict)
 
     def add(self, seed: int, metrics: Metrics, steps: int | None = None,
             seconds: float | None = None) -> None:
-        self.by_seed = {**(self.by_seed or {}), seed: metrics}
+        self.by_seed[seed] = metrics
         if steps is not None:
             self.steps = steps
         if seconds is not None:
-            self.seconds = [*(self.seconds or []), seconds]
+            self.seconds.append(seconds)
 
     def series(self, key: str) -> SeedValues | None:
         """``seed -> value`` of one metric (``None`` when it was not measured)."""
-        values = {s: m.get(key) for s, m in (self.by_seed or {}).items()}
+        values = {s: m.get(key) for s, m in self.by_seed.items()}
         if not values or any(v is None for v in values.values()):
             return None
         return values  # type: ignore[return-value]
 
     def cells(self, columns: Sequence[Column]) -> list[str]:
-        metrics = list((self.by_seed or {}).values())
+        metrics = list(self.by_seed.values())
         steps = "—" if self.steps is None else str(self.steps)
         wall = "—" if not self.seconds else f"{sum(self.seconds) / len(self.seconds):.0f}"
         return [self.name, steps, wall, *(cell([m.get(c.key) for m in metrics],
@@ -246,7 +246,7 @@ def predictor_diagnostic(objective: nn.Module, cfg: RunConfig, info, device: tor
             batch, _ = next(stream)
             views = make_views(augmenter, batch.to(device),
                                generator_for(cfg.seed, "action_use", i))
-            torch.manual_seed(cfg.seed * 1000 + i)  # dropout masks, shared by both passes
+            torch.manual_seed(derive_seed(cfg.seed, "action_use", i))  # dropout masks
             other = torch.roll(torch.arange(views.batch_size, device=device), 1)
             for key, value in model.predictor_losses(views, other).items():
                 sums[key] += float(value)
@@ -257,34 +257,35 @@ def predictor_diagnostic(objective: nn.Module, cfg: RunConfig, info, device: tor
             "action_use": sums["shuffled"] / max(sums["true"], 1e-12)}
 
 
-def synth3d_metrics(result: TrainResult, probe_set: ProbeSet, pcfg: ProbesConfig,
+def synth3d_metrics(name: str, result: TrainResult, probe_set: ProbeSet, pcfg: ProbesConfig,
                     device: torch.device, run_cfg: RunConfig, rot4: bool = True
                     ) -> dict[str, Metrics]:
-    """Metrics of one trained synth3d objective (plus SIE's invariant and equivariant parts,
-    under the keys ``"invariant"`` / ``"equivariant"``; the whole under ``""``); the 4-fold
+    """Row name -> metrics of one trained synth3d objective: ``name`` for the whole, plus SIE's
+    invariant and equivariant parts as ``"<name> [<part> part, dims a-b]"``; the 4-fold
     rotation probe only with ``rot4``."""
     encoder, pre = result.objective.encoder, Preprocess.from_info(result.info)
     m = run_probe_suite(encoder, probe_set, pcfg, device, preprocess=pre)
-    out = {"": {"top1": m.get("probe/linear_top1"),
-                "rot_ridge": m.get("probe/equivariance_r2/object_rotation"),
-                "rot_mlp": m.get("probe/equivariance_r2_mlp/object_rotation"),
-                "rot_mlp_sie": m.get("probe/equivariance_r2_sie_mlp/object_rotation"),
-                "hue_mlp": m.get("probe/equivariance_r2_mlp/object_hue"),
-                "rot4": (four_rotation_accuracy(encoder, probe_set, pre, pcfg, device)
-                         if rot4 else None),
-                "rankme": m.get("probe/health/rankme"),
-                **predictor_diagnostic(result.objective, run_cfg, result.info, device)}}
+    out = {name: {"top1": m.get("probe/linear_top1"),
+                  "rot_ridge": m.get("probe/equivariance_r2/object_rotation"),
+                  "rot_mlp": m.get("probe/equivariance_r2_mlp/object_rotation"),
+                  "rot_mlp_sie": m.get("probe/equivariance_r2_sie_mlp/object_rotation"),
+                  "hue_mlp": m.get("probe/equivariance_r2_mlp/object_hue"),
+                  "rot4": (four_rotation_accuracy(encoder, probe_set, pre, pcfg, device)
+                           if rot4 else None),
+                  "rankme": m.get("probe/health/rankme"),
+                  **predictor_diagnostic(result.objective, run_cfg, result.info, device)}}
     if isinstance(result.objective, SIE):
         inv, width = result.objective.inv_dims, result.objective.num_features
         part_cfg = pcfg.model_copy(update={"transforms": ["object_rotation"]})
         for label, (start, stop) in (("invariant", (0, inv)), ("equivariant", (inv, width))):
             p = run_probe_suite(FeatureSlice(encoder, start, stop), probe_set, part_cfg, device,
                                 preprocess=pre)
-            out[label] = {"top1": p.get("probe/linear_top1"),
-                          "rot_ridge": p.get("probe/equivariance_r2/object_rotation"),
-                          "rot_mlp": p.get("probe/equivariance_r2_mlp/object_rotation"),
-                          "rot_mlp_sie": p.get("probe/equivariance_r2_sie_mlp/object_rotation"),
-                          "rankme": p.get("probe/health/rankme")}
+            out[f"{name} [{label} part, dims {start}-{stop - 1}]"] = {
+                "top1": p.get("probe/linear_top1"),
+                "rot_ridge": p.get("probe/equivariance_r2/object_rotation"),
+                "rot_mlp": p.get("probe/equivariance_r2_mlp/object_rotation"),
+                "rot_mlp_sie": p.get("probe/equivariance_r2_sie_mlp/object_rotation"),
+                "rankme": p.get("probe/health/rankme")}
     return out
 
 
@@ -297,12 +298,6 @@ def cifar_metrics(result: TrainResult, probe_set: ProbeSet, pcfg: ProbesConfig,
             "hue_inv": m.get("probe/invariance/hue"),
             "hue_ridge": m.get("probe/equivariance_r2/hue"),
             "hue_mlp": m.get("probe/equivariance_r2_mlp/hue")}
-
-
-def part_name(name: str, label: str, result: TrainResult) -> str:
-    inv, width = result.objective.inv_dims, result.objective.num_features
-    start, stop = (0, inv) if label == "invariant" else (inv, width)
-    return f"{name} [{label} part, dims {start}-{stop - 1}]"
 
 
 def paper_checks(rows: dict[str, Runs], essl_base: str, cifar: dict[str, Runs]) -> list[str]:
@@ -526,10 +521,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                               ) -> dict[str, Metrics]:
                         nonlocal probe_set
                         probe_set = probe_set or load_probe_set("synth3d", pcfg)
-                        by_label = synth3d_metrics(result, probe_set, pcfg, device, cfg,
-                                                   rot4="essl" in args.objectives)
-                        return {(name if not label else part_name(name, label, result)): m
-                                for label, m in by_label.items()}
+                        return synth3d_metrics(name, result, probe_set, pcfg, device, cfg,
+                                               rot4="essl" in args.objectives)
 
                     measures, steps, seconds = measured(cfg, args, f"{name}-seed{seed}",
                                                         args.steps, device, probe)

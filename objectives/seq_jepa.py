@@ -185,9 +185,9 @@ class SeqJEPA(Objective):
         actions taken from row ``permutation[i]`` (``shuffled``; the same dropout masks), and
         with the target predicted as the last observed view's encoding (``no_change``)."""
         z, target, actions = self._sequence(batch)
-        rng = torch.get_rng_state()
-        true = negative_cosine_loss(self._predict(z, actions)[0], target)
-        torch.set_rng_state(rng)
+        # fork_rng restores the CPU and the CUDA generator, so both passes draw the same masks.
+        with torch.random.fork_rng(devices=[z.device] if z.is_cuda else []):
+            true = negative_cosine_loss(self._predict(z, actions)[0], target)
         shuffled = negative_cosine_loss(
             self._predict(z, None if actions is None else actions[permutation])[0], target)
         return {"true": true, "shuffled": shuffled,

@@ -16,13 +16,13 @@ before loading the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import timm
 from torch import nn
 
 Stem = Literal["timm", "cifar"]
-STEMS: tuple[str, ...] = ("timm", "cifar")
+STEMS: tuple[str, ...] = get_args(Stem)
 
 
 @dataclass(frozen=True)

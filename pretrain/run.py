@@ -24,6 +24,7 @@ from pretrain.data.prepare import prepare_data, prepare_probe_data
 from pretrain.export import read_config
 from pretrain.registry import VERSION_TAG, RegisteredEncoder, log_and_register
 from pretrain.tracking import runs as tracking
+from pretrain.tracking.reachable import TrackingUnreachable, check_reachable
 from pretrain.tracking.metrics import UNSENT_FILE, read_unsent, send_missing
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.plan import TrainingPlan, plan_training
@@ -99,7 +100,7 @@ def run(cfg: RunConfig, progress=None, *, allow_config_change: bool = False) -> 
 
     started = time.perf_counter()
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    tracking.check_reachable(tracking_uri)  # seconds, not MLflow's minutes of retries
+    check_reachable(tracking_uri)  # seconds, not MLflow's minutes of retries
     cfg = prepare_data(cfg, progress=progress)
     plan = plan_training(cfg, cfg.cluster.num_workers)  # bad data fails here, before Ray starts
     problem = data_problem(cfg, plan.urls[0])
@@ -145,7 +146,7 @@ def _train_and_finish(cfg: RunConfig, tracking_uri: str, run_id: str):
         if stopped_by_sigterm():
             raise JobStopped(f"run {cfg.name} stopped; {resume_hint(cfg)}") from None
         raise
-    except (ConfigError, DataError, tracking.TrackingUnreachable):
+    except (ConfigError, DataError, TrackingUnreachable):
         tracking.end_run(tracking_uri, run_id, status="FAILED")
         raise
     except BaseException as exc:

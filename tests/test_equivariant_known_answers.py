@@ -135,6 +135,9 @@ def test_seq_jepa_heads_learn_to_use_exact_actions() -> None:
     losses = model.train().predictor_losses(batch, torch.roll(torch.arange(256), 1))
     assert action_use(losses) >= 5.0, losses
     assert float(losses["true"]) < float(losses["no_change"]) / 3
+    # Both passes draw the same dropout masks: the identity permutation changes nothing.
+    same = model.predictor_losses(batch, torch.arange(256))
+    assert float(same["shuffled"]) == float(same["true"])
 
 
 def _glyphs(n: int, size: int, g: torch.Generator) -> torch.Tensor:

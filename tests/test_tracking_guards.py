@@ -18,11 +18,8 @@ from mlflow.tracking import MlflowClient
 from cluster.jobs import TRACKING_KEY, build_submission, job_config
 from pretrain.config import ConfigError, config_to_yaml, flatten, load_config
 from pretrain.config.redact import redact, redact_text, strip_userinfo
-from pretrain.tracking.runs import (
-    TrackingUnreachable,
-    check_reachable,
-    start_or_resume_run,
-)
+from pretrain.tracking.reachable import TrackingUnreachable, check_reachable
+from pretrain.tracking.runs import start_or_resume_run
 
 SECRETS = ("tracking.uri=https://alice:PASS1@mlflow.example.com",
            # (userinfo in cluster.storage_* never gets this far: validation refuses it)

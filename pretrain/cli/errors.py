@@ -30,7 +30,7 @@ def usage_error_types() -> tuple[type[BaseException], ...]:
 def runtime_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is already the one line a user needs (exit code 1)."""
     from pretrain.run import RunFailed
-    from pretrain.tracking.runs import TrackingUnreachable
+    from pretrain.tracking.reachable import TrackingUnreachable
 
     return (RunFailed, TrackingUnreachable)
 

@@ -9,7 +9,8 @@ Unreadable samples are skipped and counted, and the batch is filled from the wor
 samples. ``max_skip_frac`` is judged over everything the loader worker reads this epoch, never on
 a prefix (two bad samples among the first hundred of a healthy shard are no reason to stop): the
 stream stops as soon as the unreadable samples exceed that share of the worker's whole range,
-which is then certain, or at the end of the range; the error names each shard with its counts. A worker's slice holds exactly ``batches * batch_size`` samples, so every skipped
+which is then certain, or at the end of the range; the error names each shard with its counts.
+A worker's slice holds exactly ``batches * batch_size`` samples, so every skipped
 sample leaves its last batch short; those places are filled by repeating the worker's most
 recently decoded good samples (cycling through up to ``batch_size`` of them), counted as
 ``padded``. This keeps ``steps_per_epoch`` identical on every rank whatever the data holds.
@@ -212,8 +213,8 @@ class ShardStream(IterableDataset):
         if skipped <= self.max_skip_frac * out_of:
             return
         worst = sorted(bad_urls.items(), key=lambda kv: -kv[1])[:3]
-        shards = ", ".join(f"{_shown(url)} ({n} of {read_urls.get(url, n)} read)"
-                           for url, n in worst)
+        # DataError redacts its own message, shard URLs included.
+        shards = ", ".join(f"{url} ({n} of {read_urls.get(url, n)} read)" for url, n in worst)
         more = f" and {len(bad_urls) - 3} more" if len(bad_urls) > 3 else ""
         raise DataError(f"too many unreadable samples: {skipped} of {out_of} = "
                         f"{skipped / out_of:.1%} > max_skip_frac {self.max_skip_frac:.1%} (rank "

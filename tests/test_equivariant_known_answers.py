@@ -188,3 +188,34 @@ def test_essl_makes_four_fold_rotation_more_readable_than_simclr() -> None:
     86% (linear 4-rotation probe on held-out glyphs)."""
     essl, simclr = _rotation_readout("essl", 60), _rotation_readout("simclr", 60)
     assert essl > simclr + 0.10, (essl, simclr)
+
+
+def _sie_pair_batch(n: int, width: int, g: torch.Generator) -> ViewBatch:
+    """Two 'views' whose features are (anything, z) and (the same, q ⊗ z), with action q."""
+    z, q = torch.randn(n, width, generator=g), random_quaternion(n, g)
+    pose = torch.randn(n, width, generator=g)
+    views = [torch.cat([pose, z], 1)[:, :, None, None],
+             torch.cat([pose, turn(q, z)], 1)[:, :, None, None]]
+    return ViewBatch(views=views, params=[{}, {}], relative={"rotation": q[:, None]})
+
+
+def test_sie_module_learns_to_use_exact_actions_through_its_own_loss() -> None:
+    """The same known answer through the whole module: ``SIE.forward``'s loss (with the default
+    basis start) is the only training signal, so a plumbing defect there (the wrong half, the
+    wrong ``g``, a detached prediction) keeps the action unused."""
+    torch.manual_seed(0)
+    width = 256
+    model = SIE(SIEConfig(expander_dims=[2 * width, 2 * width]), nn.Flatten(), 2 * width)
+    model.projector_inv, model.projector_equi = nn.Identity(), nn.Identity()
+    assert model.basis.shape == (4, width, width)
+    opt = torch.optim.Adam([model.basis], lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        loss = model(_sie_pair_batch(256, width, g)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = _sie_pair_batch(512, width, torch.Generator().manual_seed(99))
+    losses = model.predictor_losses(test, torch.roll(torch.arange(512), 1))
+    assert action_use(losses) >= 5.0, losses
+    assert float(losses["true"]) < float(losses["no_change"]) / 5

@@ -1,17 +1,20 @@
-"""View generation: sample per-sample params on the CPU, apply them with kornia on the device.
+"""View generation: per-sample params drawn from a CPU generator, applied on the images' device.
 
 ``ViewAugmenter(cfg, mean, std, output_size)(images_uint8, generator, chunks=None)`` returns a
 ``ViewBatch`` whose ``params`` hold, per view, the values actually applied (neutral where an op was
 skipped); ``params_to_vector`` flattens them in the fixed ``PARAM_VECTOR_LAYOUT``. Recipes (named
-view sets) live in ``augment.recipes.RECIPES``.
+view sets) live in ``augment.recipes.RECIPES``. The default engine is the fused, sync-free program
+(``augment.program`` over ``augment.fused``); ``augment.ops`` holds the reference ops it is tested
+against (``augment.reference``).
 """
 
 from augment.batch import ViewBatch
-from augment.config import AugmentConfig, ViewConfig
+from augment.config import AugmentConfig
 from augment.ops import apply_view
 from augment.pipeline import ViewAugmenter
 from augment.relative import RELATIVE_LAYOUTS, relative_dim, relative_vectors
 from augment.recipes import RECIPES, Recipe, ViewSpec, build_recipe
+from augment.reference import ReferenceViewAugmenter
 from augment.sampling import (
     PARAM_KEYS,
     PARAM_VECTOR_LAYOUT,
@@ -19,6 +22,7 @@ from augment.sampling import (
     params_to_vector,
     sample_view_params,
 )
+from augment.view_config import ViewConfig
 
 __all__ = [
     "PARAM_KEYS",
@@ -27,6 +31,7 @@ __all__ = [
     "RELATIVE_LAYOUTS",
     "AugmentConfig",
     "Recipe",
+    "ReferenceViewAugmenter",
     "ViewAugmenter",
     "ViewBatch",
     "ViewConfig",

@@ -1,10 +1,23 @@
-"""The views batch: the one contract between augmentation and objectives."""
+"""The views batch: the one contract between augmentation and objectives (and the input check)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
+
+
+def check_images(images: Tensor, needed: int, recipe: str) -> None:
+    """``ValueError`` unless ``images`` is a ``uint8`` ``B x V x 3 x H x W`` batch with ``V >= needed``."""
+    if images.dtype != torch.uint8 or images.dim() != 5 or images.shape[2] != 3:
+        shape = tuple(images.shape)
+        raise ValueError(f"expected uint8 B x V x 3 x H x W images, got {images.dtype} {shape}")
+    if needed > images.shape[1]:
+        raise ValueError(
+            f"recipe {recipe!r} cuts views from {needed} decoded views, the batch has "
+            f"{images.shape[1]} (set data.views >= {needed})"
+        )
 
 
 @dataclass

@@ -1,81 +1,19 @@
-"""Typed configuration of view augmentation: one ``ViewConfig`` per view, one ``AugmentConfig`` per run."""
+"""Typed configuration of view augmentation: one ``AugmentConfig`` per run (``ViewConfig`` per view).
+
+``ViewConfig`` lives in ``augment.view_config`` (re-exported here); the recipes import only that
+module, so this one can check recipe names against ``augment.recipes.RECIPES`` without a circle.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
-    if value[0] > value[1]:
-        raise ValueError(f"{name} must be (low, high) with low <= high, got {value}")
-    return value
+from augment.recipes import RECIPES
+from augment.view_config import ViewConfig, ordered_pair
 
-
-class ViewConfig(BaseModel):
-    """Probabilities and ranges of every op for one view (torchvision semantics).
-
-    Op order on the device: crop+resize -> horizontal flip -> rotation -> colour jitter ->
-    grayscale -> Gaussian blur -> solarize -> normalise. Geometric ops come first so that the
-    photometric ops see exactly the pixels the encoder sees (rotation's zero-filled corners included).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    crop_scale: tuple[float, float] = Field(
-        (0.08, 1.0), description="RandomResizedCrop area fraction range of the source image."
-    )
-    crop_ratio: tuple[float, float] = Field(
-        (3.0 / 4.0, 4.0 / 3.0), description="Aspect-ratio (w/h) range, sampled log-uniformly."
-    )
-    flip_p: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
-    jitter_p: float = Field(0.8, ge=0.0, le=1.0, description="Probability of applying colour jitter.")
-    brightness: float = Field(0.4, ge=0.0, description="Brightness factor ~ U(max(0, 1-b), 1+b).")
-    contrast: float = Field(0.4, ge=0.0, description="Contrast factor ~ U(max(0, 1-c), 1+c).")
-    saturation: float = Field(0.2, ge=0.0, description="Saturation factor ~ U(max(0, 1-s), 1+s).")
-    hue: float = Field(0.1, ge=0.0, le=0.5, description="Hue shift ~ U(-h, h), in turns.")
-    jitter_random_order: bool = Field(
-        True,
-        description="Draw the order of the four jitter ops per sample (as torchvision does per image); "
-        "otherwise brightness, contrast, saturation, hue. The order is recorded in params.",
-    )
-    grayscale_p: float = Field(0.2, ge=0.0, le=1.0, description="RandomGrayscale probability.")
-    blur_p: float = Field(1.0, ge=0.0, le=1.0, description="Gaussian blur probability.")
-    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma ~ U(min, max), pixels.")
-    blur_kernel_fraction: float = Field(
-        0.1, gt=0.0, le=1.0, description="Blur kernel side as a fraction of the output side (made odd, >= 3)."
-    )
-    solarize_p: float = Field(0.0, ge=0.0, le=1.0, description="Solarization probability.")
-    solarize_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Pixels >= threshold are inverted.")
-    rotation_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a random rotation.")
-    rotation_degrees: float = Field(0.0, ge=0.0, le=180.0, description="Angle ~ U(-deg, deg), degrees.")
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] or value[1] > 1.0:
-            raise ValueError(f"crop_scale must lie in (0, 1], got {value}")
-        return _ordered_pair(value, "crop_scale")
-
-    @field_validator("crop_ratio")
-    @classmethod
-    def _check_ratio(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] <= 0.0:
-            raise ValueError(f"crop_ratio must be positive, got {value}")
-        return _ordered_pair(value, "crop_ratio")
-
-    @field_validator("blur_sigma")
-    @classmethod
-    def _check_sigma(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] <= 0.0:
-            raise ValueError(f"blur_sigma must be positive (0 is the 'not applied' value), got {value}")
-        return _ordered_pair(value, "blur_sigma")
-
-    def blur_kernel_size(self, output_size: int) -> int:
-        """Odd kernel side for ``output_size`` pixels: 3 at 32 px, 7 at 64 px, 23 at 224 px."""
-        size = max(3, int(math.floor(self.blur_kernel_fraction * output_size)))
-        return size if size % 2 == 1 else size + 1
+__all__ = ["AugmentConfig", "ViewConfig"]
 
 
 class AugmentConfig(BaseModel):
@@ -126,14 +64,19 @@ class AugmentConfig(BaseModel):
     small_crop_scale: tuple[float, float] = Field(
         (0.2, 1.0), description="E-SSL: area-fraction range of the rotated small crop."
     )
+    # Objective settings the recipes read: in a run they are objective.care.chunk_size and
+    # objective.seq_jepa.sequence_length, copied here by the run config (excluded from dumps,
+    # so a resolved config names each once); the defaults serve standalone use of the augmenter.
     chunk_size: int = Field(
         16,
         ge=1,
+        exclude=True,
         description="CARE: images per chunk sharing one sampled augmentation pair; a batch of B "
         "gets max(1, B // chunk_size) chunks (the paper's K = 16 chunks at batch 256).",
     )
     sequence_length: int = Field(
-        3, ge=1, description="seq-JEPA: observed views M per sample (the recipe makes M + 1 views)."
+        3, ge=1, exclude=True,
+        description="seq-JEPA: observed views M per sample (the recipe makes M + 1 views)."
     )
     render_augment: Literal["light", "none"] = Field(
         "light",
@@ -141,13 +84,24 @@ class AugmentConfig(BaseModel):
         "renderings. 'light': crop scale (0.8, 1) and brightness/contrast 0.2, no flip and no hue "
         "change (both would falsify the rotation and hue latents); 'none': resize only.",
     )
+    engine: Literal["fused", "reference"] = Field(
+        "fused",
+        description="'fused': every op on every row with neutral parameters, fixed shapes, no "
+        "host-device sync (augment.program); 'reference': the op-by-op implementation the fused "
+        "one is tested against (augment.reference; slower, copies row indices to the device). "
+        "Both draw the same params from the same generator.",
+    )
+    compile: Literal["none", "default", "cudagraphs"] = Field(
+        "none",
+        description="Fused engine only. 'default': torch.compile(fullgraph=True) of the device "
+        "program (one compile per batch and image size, tens of seconds); 'cudagraphs': the same "
+        "with CUDA-graph capture on CUDA (mode 'reduce-overhead'; a batch's views live in the "
+        "graph's memory until the next call), plain compile elsewhere.",
+    )
 
     @field_validator("recipe")
     @classmethod
     def _known_recipe(cls, value: str) -> str:
-        # Imported here: recipes.py imports ViewConfig from this module.
-        from augment.recipes import RECIPES
-
         if value not in RECIPES:
             known = ", ".join(sorted(RECIPES))
             raise ValueError(f"augment.recipe: unknown recipe {value!r}; known recipes: {known}")
@@ -158,7 +112,7 @@ class AugmentConfig(BaseModel):
     def _check_small_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0.0 < value[0] or value[1] > 1.0:
             raise ValueError(f"small_crop_scale must lie in (0, 1], got {value}")
-        return _ordered_pair(value, "small_crop_scale")
+        return ordered_pair(value, "small_crop_scale")
 
     @model_validator(mode="after")
     def _views_and_scale(self) -> AugmentConfig:
@@ -167,4 +121,10 @@ class AugmentConfig(BaseModel):
                 "augment.crop_scale_min applies to recipe-built views only; with augment.views set, "
                 "give crop_scale in each view instead"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _compile_needs_fused(self) -> AugmentConfig:
+        if self.engine == "reference" and self.compile != "none":
+            raise ValueError("augment.compile applies to augment.engine 'fused' only")
         return self

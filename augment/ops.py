@@ -32,8 +32,8 @@ from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import hflip, rotate
 from torch import Tensor
 
-from augment.config import ViewConfig
 from augment.sampling import JITTER_OPS
+from augment.view_config import ViewConfig
 
 RowFn = Callable[..., Tensor]
 

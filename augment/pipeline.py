@@ -1,37 +1,37 @@
-"""``ViewAugmenter``: decoded uint8 batches -> normalised views + the params that made them."""
+"""``ViewAugmenter``: decoded uint8 batches -> normalised views + the params that made them.
+
+Default engine ``fused`` (``augment.program``): one draw of uniforms from the caller's CPU
+generator for all views, copied to the images' device once (from pinned memory, without waiting),
+then a fixed-shape device program that never reads a value back. ``augment.compile`` wraps that
+program in ``torch.compile`` (optionally with CUDA graphs). Engine ``reference``
+(``augment.reference``) is the op-by-op implementation; both give the same params.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from kornia.enhance import normalize
 from torch import Tensor
 
-from augment.batch import ViewBatch
+from augment.batch import ViewBatch, check_images
 from augment.config import AugmentConfig
-from augment.ops import apply_view
-from augment.recipes import Recipe, ViewSpec, build_recipe
+from augment.program import ProgramConstants, ViewProgram
+from augment.recipes import Recipe, build_recipe
+from augment.reference import ReferenceViewAugmenter
 from augment.relative import relative_vectors
-from augment.sampling import chunk_sizes, sample_view_params
+from augment.sampling import draw_uniforms
 
+_CACHED_SHAPES = 8  # constant sets kept per augmenter (batch/image sizes seen, e.g. a short last batch)
 
-def params_to_device(params: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """Move one view's params to ``device``, one transfer per dtype (they are tiny: latency dominates)."""
-    if device.type == "cpu":
-        return dict(params)
-    out: dict[str, Tensor] = {}
-    for dtype in {value.dtype for value in params.values()}:
-        keys = [key for key, value in params.items() if value.dtype == dtype]
-        flat = [params[key].reshape(params[key].shape[0], -1) for key in keys]
-        moved = torch.cat(flat, dim=1).to(device).split([f.shape[1] for f in flat], dim=1)
-        out.update({key: m.reshape(params[key].shape) for key, m in zip(keys, moved, strict=True)})
-    return {key: out[key] for key in params}
+Program = Callable[[Tensor, Tensor, ProgramConstants], tuple[list[Tensor], list[dict[str, Tensor]]]]
 
 
 class ViewAugmenter:
-    """Batched augmentation on the images' device, with params sampled on the CPU.
+    """Batched augmentation on the images' device, with params drawn from a CPU generator.
 
     Args:
-        cfg: the ``augment`` config section (recipe, crop scale, view sources, overrides).
+        cfg: the ``augment`` config section (recipe, crop scale, view sources, overrides, engine).
         mean, std: per-channel normalisation of the encoder (applied to [0, 1] images).
         output_size: side of the output views unless a recipe view sets its own.
     """
@@ -48,8 +48,11 @@ class ViewAugmenter:
         self.cfg = cfg
         self.recipe: Recipe = build_recipe(cfg)
         self.output_size = output_size
-        self._mean = torch.tensor(mean, dtype=torch.float32)
-        self._std = torch.tensor(std, dtype=torch.float32)
+        self.program = ViewProgram(self.recipe, output_size, tuple(mean), tuple(std), cfg.chunk_size)
+        self.reference = ReferenceViewAugmenter(self.recipe, cfg.recipe, tuple(mean), tuple(std),
+                                                output_size, cfg.chunk_size)
+        self._run: Program = compiled(self.program.run, cfg.compile)
+        self._constants: dict[tuple, ProgramConstants] = {}
 
     @property
     def num_views(self) -> int:
@@ -72,73 +75,44 @@ class ViewAugmenter:
         passed through to the batch; ``relative`` holds the recipe's relative transforms
         (``augment.relative``).
         """
-        if images.dtype != torch.uint8 or images.dim() != 5 or images.shape[2] != 3:
-            shape = tuple(images.shape)
-            raise ValueError(f"expected uint8 B x V x 3 x H x W images, got {images.dtype} {shape}")
-        batch, decoded, _, height, width = images.shape
-        needed = max(spec.source for spec in self.recipe.views) + 1
-        if needed > decoded:
-            raise ValueError(
-                f"recipe {self.cfg.recipe!r} cuts views from {needed} decoded views, the batch has "
-                f"{decoded} (set data.views >= {needed})"
-            )
-
-        mean, std = self._mean.to(images.device), self._std.to(images.device)
-        sources: dict[int, Tensor] = {}
-        unturned: list[Tensor] = []
-        views: list[Tensor] = []
-        params: list[dict[str, Tensor]] = []
-        for spec in self.recipe.views:
-            if spec.same_params_as is not None:
-                view, device_params = unturned[spec.same_params_as], params[spec.same_params_as]
-                device_params = {k: v for k, v in device_params.items() if k != "chunk"}
-            else:
-                if spec.source not in sources:
-                    sources[spec.source] = images[:, spec.source].float().div_(255.0)
-                view_chunks = chunk_count(batch, self.cfg.chunk_size) if spec.chunked else chunks
-                host = sample_view_params(spec.config, batch, height, width, generator, view_chunks)
-                device_params = params_to_device(host, images.device)
-                view = apply_view(sources[spec.source], device_params, spec.config, self._size(spec),
-                                  host=host)
-                view = normalize(view, mean, std)
-                if spec.chunked:
-                    device_params["chunk"] = chunk_ids(batch, view_chunks, images.device)
-            unturned.append(view)
-            if spec.quarter_turns % 4:
-                view, device_params = quarter_turn(view, device_params, spec.quarter_turns)
-            views.append(view)
-            params.append(device_params)
+        if self.cfg.engine == "reference":
+            return self.reference(images, generator, chunks, labels=labels, latents=latents)
+        check_images(images, max(spec.source for spec in self.recipe.views) + 1, self.cfg.recipe)
+        batch, _, _, height, width = images.shape
+        constants = self.constants(images.device, batch, height, width, chunks)
+        draws = draw_to_device(generator, sum(self.program.draw_rows(batch, chunks)), images.device)
+        if self.cfg.compile == "cudagraphs" and images.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous batch's outputs may be reused
+        views, params = self._run(images, draws, constants)
         relative = relative_vectors(self.recipe.relative, [spec.source for spec in self.recipe.views],
                                     params, latents)
         return ViewBatch(views=views, params=params, labels=labels, latents=latents, relative=relative)
 
-    def _size(self, spec: ViewSpec) -> int:
-        if spec.output_size is not None:
-            return spec.output_size
-        if spec.output_fraction is not None:
-            return max(1, round(spec.output_fraction * self.output_size))
-        return self.output_size
+    def constants(self, device: torch.device, batch: int, height: int, width: int,
+                  chunks: int | None) -> ProgramConstants:
+        """The program's constants for this input shape, built on first use (one host copy each)."""
+        key = (device, batch, height, width, chunks)
+        if key not in self._constants:
+            if len(self._constants) >= _CACHED_SHAPES:
+                self._constants.clear()
+            self._constants[key] = self.program.constants(device, batch, height, width, chunks)
+        return self._constants[key]
 
 
-def chunk_count(batch_size: int, chunk_size: int) -> int:
-    """Chunks of at least ``chunk_size`` rows: ``max(1, batch_size // chunk_size)``."""
-    return max(1, batch_size // chunk_size)
+def draw_to_device(generator: torch.Generator, rows: int, device: torch.device) -> Tensor:
+    """``rows x DRAW_COLUMNS`` uniforms from ``generator``, flat, on ``device``: one draw, one copy.
 
-
-def chunk_ids(batch_size: int, chunks: int, device: torch.device) -> Tensor:
-    """``B`` int64 chunk index of every row, chunk sizes as ``augment.sampling.chunk_sizes``."""
-    sizes = torch.tensor(chunk_sizes(batch_size, chunks))
-    return torch.repeat_interleave(torch.arange(chunks), sizes).to(device)
-
-
-def quarter_turn(view: Tensor, params: dict[str, Tensor], turns: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """Rotate ``view`` by ``turns * 90`` degrees counter-clockwise as displayed and record it.
-
-    ``torch.rot90`` over (H, W) is exact and commutes with every photometric op and the
-    per-channel normalisation, so turning the finished view equals turning inside the op chain.
-    ``rotation_angle`` becomes ``angle + 90 turns`` wrapped to ``[-180, 180)``.
+    On CUDA the draw lands in pinned memory and the copy is asynchronous (a copy from pageable
+    memory would wait for the stream); the caching host allocator keeps the buffer alive until
+    the copy has run.
     """
-    angle = torch.remainder(params["rotation_angle"] + 90.0 * turns + 180.0, 360.0) - 180.0
-    return torch.rot90(view, turns, dims=(-2, -1)), {**params, "rotation_angle": angle}
+    cuda = device.type == "cuda"
+    return draw_uniforms(generator, rows, pin_memory=cuda).view(-1).to(device, non_blocking=cuda)
 
 
+def compiled(program: Program, mode: str) -> Program:
+    """``program`` as ``augment.compile`` asks: as is, ``torch.compile``-d, or with CUDA graphs."""
+    if mode == "none":
+        return program
+    options = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
+    return torch.compile(program, fullgraph=True, dynamic=False, **options)  # type: ignore[return-value]

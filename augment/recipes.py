@@ -6,14 +6,40 @@ builder and add it to ``RECIPES`` (an explicit dict; nothing registers itself at
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
-from augment.config import ViewConfig
+from augment.view_config import ViewConfig
 
-if TYPE_CHECKING:
-    from augment.config import AugmentConfig
+
+class RecipeOptions(Protocol):
+    """What the recipe builders read from the run's ``augment.config.AugmentConfig``.
+
+    A protocol rather than an import: ``AugmentConfig`` checks its ``recipe`` against ``RECIPES``,
+    so importing it here would close an import circle.
+    """
+
+    @property
+    def recipe(self) -> str: ...
+    @property
+    def views(self) -> Sequence[ViewConfig] | None: ...
+    @property
+    def crop_scale_min(self) -> float: ...
+    @property
+    def source(self) -> Literal["same", "distinct"]: ...
+    @property
+    def color_strength(self) -> float: ...
+    @property
+    def blur_p(self) -> float: ...
+    @property
+    def small_crop_size(self) -> int | None: ...
+    @property
+    def small_crop_scale(self) -> tuple[float, float]: ...
+    @property
+    def sequence_length(self) -> int: ...
+    @property
+    def render_augment(self) -> Literal["light", "none"]: ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,14 @@ class ViewSpec:
     same_params_as: int | None = None
     quarter_turns: int = 0
 
+    def side(self, default: int) -> int:
+        """Side in pixels of this view for an augmenter whose ``output_size`` is ``default``."""
+        if self.output_size is not None:
+            return self.output_size
+        if self.output_fraction is not None:
+            return max(1, round(self.output_fraction * default))
+        return default
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -55,15 +89,15 @@ class Recipe:
     relative: tuple[tuple[int, int], ...] = ()
 
 
-RecipeBuilder = Callable[["AugmentConfig"], Recipe]
+RecipeBuilder = Callable[[RecipeOptions], Recipe]
 
 
-def source_index(cfg: AugmentConfig, view: int) -> int:
+def source_index(cfg: RecipeOptions, view: int) -> int:
     """Decoded view that output view ``view`` is cut from: 0 for ``same``, ``view`` for ``distinct``."""
     return 0 if cfg.source == "same" else view
 
 
-def _vicreg_views(cfg: AugmentConfig) -> tuple[ViewConfig, ViewConfig]:
+def _vicreg_views(cfg: RecipeOptions) -> tuple[ViewConfig, ViewConfig]:
     scale = (cfg.crop_scale_min, 1.0)
     common = dict(
         crop_scale=scale, flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
@@ -73,7 +107,7 @@ def _vicreg_views(cfg: AugmentConfig) -> tuple[ViewConfig, ViewConfig]:
     return first, second
 
 
-def vicreg_recipe(cfg: AugmentConfig) -> Recipe:
+def vicreg_recipe(cfg: RecipeOptions) -> Recipe:
     """Two views with the asymmetric settings of VICReg (Bardes et al., ICLR 2022, appendix C.1).
 
     Both: crop scale ``(crop_scale_min, 1)``, flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8,
@@ -83,7 +117,7 @@ def vicreg_recipe(cfg: AugmentConfig) -> Recipe:
     return Recipe(views=(ViewSpec(first, source_index(cfg, 0)), ViewSpec(second, source_index(cfg, 1))))
 
 
-def simclr_view(cfg: AugmentConfig, crop_scale: tuple[float, float] | None = None) -> ViewConfig:
+def simclr_view(cfg: RecipeOptions, crop_scale: tuple[float, float] | None = None) -> ViewConfig:
     """SimCLR's augmentation (Chen et al., ICML 2020, appendix A) at strength ``cfg.color_strength``.
 
     Crop scale ``(crop_scale_min, 1)``, flip 0.5, colour jitter ``(0.8s, 0.8s, 0.8s, 0.2s)`` with
@@ -98,13 +132,13 @@ def simclr_view(cfg: AugmentConfig, crop_scale: tuple[float, float] | None = Non
     )
 
 
-def simclr_recipe(cfg: AugmentConfig) -> Recipe:
+def simclr_recipe(cfg: RecipeOptions) -> Recipe:
     """Two views drawn from the same distribution, :func:`simclr_view`."""
     view = simclr_view(cfg)
     return Recipe(views=(ViewSpec(view, source_index(cfg, 0)), ViewSpec(view, source_index(cfg, 1))))
 
 
-def essl_recipe(cfg: AugmentConfig) -> Recipe:
+def essl_recipe(cfg: RecipeOptions) -> Recipe:
     """E-SSL (Dangovski et al., ICLR 2022): two SimCLR views + one small crop in its 4 rotations.
 
     Views 0, 1: :func:`simclr_view`. View 2: a separately augmented crop of decoded view 0 with
@@ -121,7 +155,7 @@ def essl_recipe(cfg: AugmentConfig) -> Recipe:
                          crop, *turns))
 
 
-def care_recipe(cfg: AugmentConfig) -> Recipe:
+def care_recipe(cfg: RecipeOptions) -> Recipe:
     """CARE (Gupta et al., 2023): two independent views + a chunk-shared pair, all SimCLR-augmented.
 
     Views 0, 1: per-image augmentations (InfoNCE). Views 2, 3: both cut from decoded view 0 with one
@@ -136,7 +170,7 @@ def care_recipe(cfg: AugmentConfig) -> Recipe:
                          shared, shared))
 
 
-def _render_view(cfg: AugmentConfig) -> ViewConfig:
+def _render_view(cfg: RecipeOptions) -> ViewConfig:
     if cfg.render_augment == "none":
         return ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
                           grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
@@ -144,7 +178,7 @@ def _render_view(cfg: AugmentConfig) -> ViewConfig:
                       saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
-def _sequence_configs(cfg: AugmentConfig, count: int) -> list[ViewConfig]:
+def _sequence_configs(cfg: RecipeOptions, count: int) -> list[ViewConfig]:
     """``count`` view configs: renders + light ops when distinct, else VICReg's first views + second."""
     if cfg.source == "distinct":
         return [_render_view(cfg)] * count
@@ -152,7 +186,7 @@ def _sequence_configs(cfg: AugmentConfig, count: int) -> list[ViewConfig]:
     return [first] * (count - 1) + [second]
 
 
-def pair_recipe(cfg: AugmentConfig) -> Recipe:
+def pair_recipe(cfg: RecipeOptions) -> Recipe:
     """Two views + the relative transform from view 0 to view 1 (SIE, Garrido et al., ICML 2023).
 
     With ``source='distinct'`` the views are two renderings of the object (the true rotation is in
@@ -164,7 +198,7 @@ def pair_recipe(cfg: AugmentConfig) -> Recipe:
     return Recipe(views=views, relative=((0, 1),))
 
 
-def sequence_recipe(cfg: AugmentConfig) -> Recipe:
+def sequence_recipe(cfg: RecipeOptions) -> Recipe:
     """``M = sequence_length`` observed views + 1 target view, with consecutive relative transforms.
 
     ``relative[kind][:, i]`` takes view ``i`` to view ``i + 1`` (``i < M``); the last one goes from the
@@ -188,7 +222,7 @@ RECIPES: dict[str, RecipeBuilder] = {
 }
 
 
-def build_recipe(cfg: AugmentConfig) -> Recipe:
+def build_recipe(cfg: RecipeOptions) -> Recipe:
     """The recipe ``cfg.recipe`` with ``cfg.views`` (when given) replacing its per-view op settings."""
     recipe = RECIPES[cfg.recipe](cfg)
     if cfg.views is None:

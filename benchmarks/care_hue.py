@@ -24,7 +24,7 @@ from pretrain.config import load_config
 from pretrain.config.schema import RunConfig
 from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import Preprocess
-from pretrain.probes.probeset import CIFAR10_DIR, load_probe_set
+from pretrain.probes.probeset import cifar10_dir, load_probe_set
 from pretrain.probes.suite import run_probe_suite
 
 SCRIPT = "benchmarks/care_hue.py"
@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-images", type=int, default=3000,
                         help="CIFAR-10 images probed (2/3 from train, 1/3 from test), each one "
                         "hue-shifted once for the regressors")
-    parser.add_argument("--data-dir", type=Path, default=CIFAR10_DIR,
+    parser.add_argument("--data-dir", type=Path, default=cifar10_dir(),
                         help="folder with train-*.tar and test-*.tar shards")
     add_common_arguments(parser)
     return parser.parse_args(argv)

@@ -32,7 +32,7 @@ from pretrain.config import load_config
 from pretrain.config.schema import RunConfig
 from pretrain.probes.features import Preprocess, encode
 from pretrain.probes.linear import linear_probe
-from pretrain.probes.probeset import CIFAR10_DIR, ProbeSet, probe_set_from_shards
+from pretrain.probes.probeset import ProbeSet, cifar10_dir, probe_set_from_shards
 from pretrain.train.loop import build_model
 
 SCRIPT = "benchmarks/cifar10_linear.py"
@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=20.0, help="pretraining wall clock")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--data-dir", type=Path, default=CIFAR10_DIR,
+    parser.add_argument("--data-dir", type=Path, default=cifar10_dir(),
                         help="folder with train-*.tar and test-*.tar (CIFAR-10 shards)")
     parser.add_argument("--max-train", type=int, default=50_000)
     parser.add_argument("--max-test", type=int, default=10_000)

@@ -1,10 +1,10 @@
 """Shared by the benchmark scripts: train an objective in-process for a step or wall-clock budget,
 and describe the machine, the command and the results as markdown.
 
-Training uses the platform's own pieces (``pretrain.train.loop.build_model`` / ``epoch_batches``
-/ ``timed_batches``, ``pretrain.train.engine.build_engine``, ``pretrain.train.step``) with the
-DeepSpeed engine at world size 1, without Ray or MLflow, so a budget buys the same steps a
-``pretrain run`` would take, minus orchestration.
+Training uses the platform's own pieces (``pretrain.train.loop.build_model`` / ``endless_batches``,
+``pretrain.train.engine.build_engine`` and the loop's training step
+``pretrain.train.step.run_step``) with the DeepSpeed engine at world size 1, without Ray or
+MLflow, so a budget buys the same steps a ``pretrain run`` would take, minus orchestration.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from torch import nn
 
 from augment.pipeline import ViewAugmenter
 from pretrain.config.schema import RunConfig
-from pretrain.encoder import EncoderInfo
+from pretrain.models.encoder import EncoderInfo
 from pretrain.train.distributed import single_process_group as _single_process_group
 from pretrain.train.engine import build_engine
 from pretrain.train.loop import WorkerContext, build_augmenter, build_model, endless_batches
 from pretrain.train.plan import plan_training
-from pretrain.train.seeding import derive_seed, generator_for
-from pretrain.train.step import make_views, train_step
+from pretrain.train.seeding import generator_for
+from pretrain.train.step import make_views, run_step
 
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def calibrate_step_seconds(objective: nn.Module, augmenter: ViewAugmenter, batch
 
 def train_for(cfg: RunConfig, seconds: float | None = None, *, steps: int | None = None,
               device: torch.device | None = None, calibration_steps: int = 2) -> TrainResult:
-    """Train ``cfg`` (data already prepared, see ``pretrain.data.prepare.prepare_data``) with the
+    """Train ``cfg`` (data already prepared, see ``pretrain.workflows.prepare_data``) with the
     DeepSpeed engine at world size 1, for exactly ``steps`` optimizer steps or, given ``seconds``
     instead, until that much wall time has passed (at least one step). A step budget makes a run
     a function of its seed alone, however loaded the machine is; a time budget plans the LR
@@ -157,12 +157,9 @@ def train_for(cfg: RunConfig, seconds: float | None = None, *, steps: int | None
                                       or time.perf_counter() < deadline):
                 batch, wait = next(batches)
                 waited += wait
-                # Same per-step seeding as pretrain.train.loop, so runs are reproducible.
-                torch.manual_seed(derive_seed(cfg.seed, "step", step, 0))
-                views = make_views(augmenter, batch.to(device),
-                                   generator_for(cfg.seed, "augment", step, 0))
-                out = train_step(engine, views)
-                engine.module.on_step_end(step, planned)
+                # The training loop's own step (same seeding), so runs are reproducible.
+                out = run_step(engine, augmenter, batch.to(device), seed=cfg.seed, step=step,
+                               rank=0, total_steps=planned)
                 step += 1
                 if step % 25 == 0 or step == planned:  # progress on long runs
                     log.info("%s: step %d/%d, loss %.4g, %.0f s", cfg.objective.name, step,

@@ -6,7 +6,8 @@ without a GPU:
 
     .venv/bin/python benchmarks/cuda_check.py --device cpu --bench resnet18:16 --bench-steps 2
 
-Every check prints one row: name, measured figure, tolerance, pass/fail. Exit code 1 when any
+Every training step here is the training loop's own (``pretrain.train.step.run_step``). Every
+check prints one row: name, measured figure, tolerance, pass/fail. Exit code 1 when any
 check fails, so a driver script can stop before spending device time on longer work.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import tempfile
 import time
@@ -30,16 +32,16 @@ import torch
 from benchmarks.common import REPO, command_line, emit, machine_line, markdown_table
 from pretrain.config import load_config
 from pretrain.config.schema import RunConfig
-from pretrain.data.prepare import prepare_data
+from pretrain.workflows.prepare_data import prepare_data
 from pretrain.train import checkpoint
 from pretrain.train.distributed import single_process_group
 from pretrain.train.engine import build_engine, use_bf16
 from pretrain.train.precision import cpu_bf16_guard
-from pretrain.bench import synchronize
-from pretrain.train.loop import WorkerContext, build_augmenter, build_model, epoch_batches
+from pretrain.workflows.bench import rate
+from pretrain.train.loop import WorkerContext, build_augmenter, build_model, open_loader
 from pretrain.train.plan import plan_training
 from pretrain.train.seeding import generator_for
-from pretrain.train.step import make_views, train_step
+from pretrain.train.step import make_views, run_step
 
 SCRIPT = "benchmarks/cuda_check.py"
 
@@ -66,17 +68,20 @@ def config(stem: str, size: int, batch: int | str, *extra: str) -> RunConfig:
 def first_batch(cfg: RunConfig, device: torch.device):
     """The first uint8 batch of epoch 0, on ``device``."""
     ctx = WorkerContext(rank=0, world_size=1, device=device)
-    batches = epoch_batches(cfg, ctx, plan_training(cfg, 1), epoch=0, skip=0)
-    batch = next(iter(batches)).to(device)
-    del batches  # ends its loader processes
-    return batch
+    with open_loader(cfg, ctx, plan_training(cfg, 1)) as loader:
+        return next(loader).to(device)
+
+
+def model_and_augmenter(cfg: RunConfig):
+    """A freshly initialised objective (seeded by ``cfg``) and its augmenter."""
+    objective, info = build_model(cfg)
+    return objective, build_augmenter(cfg, info)
 
 
 def model_and_views(cfg: RunConfig, batch):
     """A freshly initialised objective (seeded by ``cfg``) and the views of ``batch``."""
-    objective, info = build_model(cfg)
-    views = make_views(build_augmenter(cfg, info), batch, generator_for(cfg.seed, 0, 0))
-    return objective, views
+    objective, augmenter = model_and_augmenter(cfg)
+    return objective, make_views(augmenter, batch, generator_for(cfg.seed, 0, 0))
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -136,16 +141,12 @@ def check_kornia(cfg: RunConfig, device: torch.device, repeats: int = 10) -> lis
     worst = max(float((a.cpu() - b).abs().max()) for a, b in pairs)
     mean = sum(float((a.cpu() - b).abs().mean()) for a, b in pairs) / len(pairs)
 
-    def rate(batch) -> float:
-        make_views(augmenter, batch, generator_for(cfg.seed, 2, 0))
-        synchronize(device)
-        start = time.perf_counter()
-        for i in range(repeats):
-            make_views(augmenter, batch, generator_for(cfg.seed, 3, i))
-        synchronize(device)
-        return repeats * batch.images.shape[0] / (time.perf_counter() - start)
+    def samples_per_s(batch) -> float:
+        gen = generator_for(cfg.seed, 2, 0)
+        return rate(lambda: make_views(augmenter, batch, gen), batch.images.shape[0], warmup=1,
+                    steps=repeats, device=batch.images.device)
 
-    dev_rate, cpu_rate = rate(batch_dev), rate(batch_cpu)
+    dev_rate, cpu_rate = samples_per_s(batch_dev), samples_per_s(batch_cpu)
     recipe = f"recipe {cfg.augment.recipe}, batch {batch_cpu.images.shape[0]}"
     return [
         Check(f"kornia views on {device.type}", f"{on_device} ({recipe})", "all on the device",
@@ -159,15 +160,13 @@ def check_kornia(cfg: RunConfig, device: torch.device, repeats: int = 10) -> lis
     ]
 
 
-def train_steps(engine, views, steps: int, start: int, total: int) -> list[float]:
-    """``steps`` engine steps on resident ``views`` (EMA updated like the training loop)."""
-    losses = []
-    for step in range(start, start + steps):
-        torch.manual_seed(step)
-        out = train_step(engine, views)
-        engine.module.on_step_end(step, total)
-        losses.append(float(out.loss.detach()))
-    return losses
+def train_steps(engine, augmenter, batch, seed: int, steps: int, start: int, total: int
+                ) -> list[float]:
+    """Losses of training steps ``start .. start + steps - 1`` on ``batch``: the training loop's
+    own ``run_step`` (views drawn per step, EMA target updated)."""
+    return [float(run_step(engine, augmenter, batch, seed=seed, step=step, rank=0,
+                           total_steps=total).loss.detach())
+            for step in range(start, start + steps)]
 
 
 def flat_state(engine) -> torch.Tensor:
@@ -177,17 +176,18 @@ def flat_state(engine) -> torch.Tensor:
 
 
 def check_zero(cfg: RunConfig, device: torch.device, steps: int = 5) -> list[Check]:
-    """ZeRO stages 1 and 2 against stage 0 after ``steps`` steps from the same weights and views
-    (world size 1: the stages partition nothing, so they must agree to rounding)."""
+    """ZeRO stages 1 and 2 against stage 0 after ``steps`` steps from the same weights, batch and
+    per-step views (world size 1: the stages partition nothing, so they must agree to
+    rounding)."""
     states, losses = {}, {}
     batch = first_batch(cfg, device)
     for stage in (0, 1, 2):
         stage_cfg = cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(
             update={"zero_stage": stage})})
-        objective, views = model_and_views(stage_cfg, batch)
+        objective, augmenter = model_and_augmenter(stage_cfg)
         engine = build_engine(objective, stage_cfg, total_steps=4 * steps, world_size=1,
                               device=device)
-        losses[stage] = train_steps(engine, views, steps, 0, 4 * steps)
+        losses[stage] = train_steps(engine, augmenter, batch, cfg.seed, steps, 0, 4 * steps)
         states[stage] = flat_state(engine)
         del engine
     rows = [Check(f"ZeRO {s} on {device.type}: {steps} steps, {cfg.objective.name}",
@@ -214,21 +214,22 @@ def check_resume(cfg: RunConfig, device: torch.device, steps: int = 3) -> list[C
     batch = first_batch(cfg, device)
 
     def fresh():
-        objective, views = model_and_views(cfg, batch)
-        return build_engine(objective, cfg, total_steps=total, world_size=1, device=device), views
+        objective, augmenter = model_and_augmenter(cfg)
+        engine = build_engine(objective, cfg, total_steps=total, world_size=1, device=device)
+        return engine, augmenter
 
-    engine, views = fresh()
-    straight = train_steps(engine, views, total, 0, total)
+    engine, augmenter = fresh()
+    straight = train_steps(engine, augmenter, batch, cfg.seed, total, 0, total)
     expected = flat_state(engine)
     del engine
-    engine, views = fresh()
-    first = train_steps(engine, views, steps, 0, total)
+    engine, augmenter = fresh()
+    first = train_steps(engine, augmenter, batch, cfg.seed, steps, 0, total)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save(engine, checkpoint.TrainState(step=steps), Path(tmp))
         del engine
-        engine, views = fresh()
+        engine, augmenter = fresh()
         state = checkpoint.load(engine, Path(tmp))
-    resumed = first + train_steps(engine, views, steps, state.step, total)
+    resumed = first + train_steps(engine, augmenter, batch, cfg.seed, steps, state.step, total)
     d = rel_diff(flat_state(engine), expected)
     loss_gap = max(abs(a - b) for a, b in zip(resumed, straight, strict=True))
     stage = cfg.deepspeed.zero_stage
@@ -238,15 +239,21 @@ def check_resume(cfg: RunConfig, device: torch.device, steps: int = 3) -> list[C
 
 
 def bench_rows(settings: Sequence[str], steps: int, workers: int, size: int,
-               overrides: Sequence[str] = ()) -> list[str]:
-    """``pretrain bench`` (plain / engine / end-to-end img/s) per ``model:batch`` setting."""
-    from pretrain.bench import format_bench, run_bench
+               overrides: Sequence[str] = (), repeats: int = 3,
+               profile: Path | None = None) -> list[str]:
+    """``pretrain bench`` (every figure, median of ``repeats`` rounds) per ``model:batch``
+    setting, as a training worker owning the machine would run: ``workers`` loader processes,
+    torch threads on the other cores. With ``profile``, the first setting is also profiled
+    (trace in ``profile``/<model>-<batch>/)."""
+    from pretrain.workflows.bench import format_bench, run_bench
     out = []
-    for setting in settings:
+    for i, setting in enumerate(settings):
         model, batch = setting.rsplit(":", 1)
         cfg = config("vicreg", size, batch, *overrides, f"encoder.model={model}",
-                     f"data.num_workers={workers}")
-        out.append(format_bench(run_bench(cfg, steps=steps, warmup=3)))
+                     f"data.num_workers={workers}", f"cluster.cpus_per_worker={os.cpu_count()}")
+        folder = profile / f"{model}-{batch}" if profile is not None and i == 0 else None
+        out.append(format_bench(run_bench(cfg, steps=steps, warmup=3, repeats=repeats,
+                                          profile=folder)))
         print(out[-1], flush=True)
     return out
 
@@ -257,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bench-steps", type=int, default=30)
+    parser.add_argument("--bench-steps", type=int, default=30, help="timed steps per bench mode")
+    parser.add_argument("--bench-repeats", type=int, default=3,
+                        help="bench rounds (each figure is their median)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also profile the first bench setting: Chrome trace in DIR")
     parser.add_argument("--workers", type=int, default=8, help="loader processes for the bench")
     parser.add_argument("--bench", nargs="*", default=["resnet18:64", "resnet18:256",
                                                        "resnet50:256"], metavar="MODEL:BATCH",
@@ -291,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(" | ".join(c.cells()), flush=True)
             checks += new
     torch.backends.cudnn.deterministic = False
-    bench = bench_rows(args.bench, args.bench_steps, args.workers, size, args.overrides)
+    bench = bench_rows(args.bench, args.bench_steps, args.workers, size, args.overrides,
+                       args.bench_repeats, args.profile)
     report = "\n".join([
         "## CUDA path check", "", f"- machine: {machine_line()}",
         f"- command: `{command_line(SCRIPT, argv)}`", "",

@@ -10,7 +10,8 @@ A benchmark, not a test: run it from the repository root (defaults: 3 seeds, the
 Two parts:
 
 - *synthetic 3D objects* (``configs/<objective>-synth3d.yaml`` with encoder, image size, batch
-  and data made identical for all): relative-rotation read-outs, class top-1, SIE's halves and
+  and data made identical for all): relative-rotation read-outs, class top-1, the parts of the
+  representation an objective declares (SIE's halves, seq-JEPA's aggregate of one view) and
   the predictors' action use. ``seq_jepa_no_action`` is seq-JEPA with
   ``objective.seq_jepa.action_conditioning=false``.
 - *CIFAR-10* (``configs/<objective>-cifar10.yaml``), where E-SSL's and CARE's papers make their
@@ -40,22 +41,21 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from benchmarks.common import (REPO, TrainResult, add_common_arguments, command_line, configure,
                                default_device, emit, load_result, log, machine_line,
                                markdown_table, save_result, single_process_group, train_for)
 from benchmarks.seeds import SeedValues, cell, decide
-from objectives.sie import SIE
 from pretrain.config import load_config
 from pretrain.config.load import apply_overrides
 from pretrain.config.schema import RunConfig
-from pretrain.data.prepare import prepare_data
+from pretrain.workflows.prepare_data import prepare_data
 from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import Preprocess, encode
 from pretrain.probes.linear import linear_probe
-from pretrain.probes.probeset import CIFAR10_DIR, ProbeSet, load_probe_set
-from pretrain.probes.suite import run_probe_suite
+from pretrain.probes.probeset import ProbeSet, cifar10_dir, load_probe_set
+from pretrain.probes.suite import part_key, run_probe_suite
 from pretrain.train.loop import WorkerContext, build_augmenter, endless_batches
 from pretrain.train.plan import plan_training
 from pretrain.train.seeding import derive_seed, generator_for
@@ -132,17 +132,6 @@ class Runs:
         return [self.name, steps, wall, *(cell([m.get(c.key) for m in metrics],
                                                percent=c.percent, digits=c.digits)
                                           for c in columns)]
-
-
-class FeatureSlice(nn.Module):
-    """Columns ``[start, stop)`` of an encoder's output (SIE's invariant / equivariant part)."""
-
-    def __init__(self, encoder: nn.Module, start: int, stop: int) -> None:
-        super().__init__()
-        self.encoder, self.start, self.stop = encoder, start, stop
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x)[:, self.start:self.stop]
 
 
 def run_config(name: str, args: argparse.Namespace, seed: int) -> RunConfig:
@@ -260,32 +249,32 @@ def predictor_diagnostic(objective: nn.Module, cfg: RunConfig, info, device: tor
 def synth3d_metrics(name: str, result: TrainResult, probe_set: ProbeSet, pcfg: ProbesConfig,
                     device: torch.device, run_cfg: RunConfig, rot4: bool = True
                     ) -> dict[str, Metrics]:
-    """Row name -> metrics of one trained synth3d objective: ``name`` for the whole, plus SIE's
-    invariant and equivariant parts as ``"<name> [<part> part, dims a-b]"``; the 4-fold
-    rotation probe only with ``rot4``."""
+    """Row name -> metrics of one trained synth3d objective: ``name`` for the whole, plus one
+    row ``"<name> [<part> part, <head>]"`` per part the objective declares
+    (``Objective.probe_features``: SIE's invariant and equivariant halves, seq-JEPA's
+    aggregate), probed on the relative rotation only; the 4-fold rotation probe only with
+    ``rot4``."""
     encoder, pre = result.objective.encoder, Preprocess.from_info(result.info)
-    m = run_probe_suite(encoder, probe_set, pcfg, device, preprocess=pre)
-    out = {name: {"top1": m.get("probe/linear_top1"),
-                  "rot_ridge": m.get("probe/equivariance_r2/object_rotation"),
-                  "rot_mlp": m.get("probe/equivariance_r2_mlp/object_rotation"),
-                  "rot_mlp_sie": m.get("probe/equivariance_r2_sie_mlp/object_rotation"),
+    parts = result.objective.probe_features()
+    m = run_probe_suite(encoder, probe_set,
+                        pcfg.model_copy(update={"part_transforms": ["object_rotation"]}), device,
+                        preprocess=pre, parts=parts)
+
+    def row(key: Callable[[str], str]) -> Metrics:
+        return {"top1": m.get(key("probe/linear_top1")),
+                "rot_ridge": m.get(key("probe/equivariance_r2/object_rotation")),
+                "rot_mlp": m.get(key("probe/equivariance_r2_mlp/object_rotation")),
+                "rot_mlp_sie": m.get(key("probe/equivariance_r2_sie_mlp/object_rotation")),
+                "rankme": m.get(key("probe/health/rankme"))}
+
+    out = {name: {**row(lambda k: k),
                   "hue_mlp": m.get("probe/equivariance_r2_mlp/object_hue"),
                   "rot4": (four_rotation_accuracy(encoder, probe_set, pre, pcfg, device)
                            if rot4 else None),
-                  "rankme": m.get("probe/health/rankme"),
                   **predictor_diagnostic(result.objective, run_cfg, result.info, device)}}
-    if isinstance(result.objective, SIE):
-        inv, width = result.objective.inv_dims, result.objective.num_features
-        part_cfg = pcfg.model_copy(update={"transforms": ["object_rotation"]})
-        for label, (start, stop) in (("invariant", (0, inv)), ("equivariant", (inv, width))):
-            p = run_probe_suite(FeatureSlice(encoder, start, stop), probe_set, part_cfg, device,
-                                preprocess=pre)
-            out[f"{name} [{label} part, dims {start}-{stop - 1}]"] = {
-                "top1": p.get("probe/linear_top1"),
-                "rot_ridge": p.get("probe/equivariance_r2/object_rotation"),
-                "rot_mlp": p.get("probe/equivariance_r2_mlp/object_rotation"),
-                "rot_mlp_sie": p.get("probe/equivariance_r2_sie_mlp/object_rotation"),
-                "rankme": p.get("probe/health/rankme")}
+    for part, head in parts.items():
+        label = ", ".join(filter(None, (f"{part} part", head.extra_repr())))
+        out[f"{name} [{label}]"] = row(lambda k, part=part: part_key(part, k))
     return out
 
 
@@ -438,7 +427,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="CIFAR-10 batch (the configs' 256 costs 4x per step)")
     parser.add_argument("--cifar-probe-images", type=int, default=2000,
                         help="CIFAR-10 images probed (2/3 from train, 1/3 from test)")
-    parser.add_argument("--cifar-dir", type=Path, default=CIFAR10_DIR,
+    parser.add_argument("--cifar-dir", type=Path, default=cifar10_dir(),
                         help="folder with CIFAR-10 train-*.tar and test-*.tar shards")
     parser.add_argument("--cifar-set", dest="cifar_overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override for the CIFAR-10 runs only")

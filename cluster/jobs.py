@@ -23,7 +23,7 @@ from typing import Any
 
 from cluster.auth import Token, auth_failure_message
 from pretrain.config.load import ConfigError, config_to_yaml, refuse_secrets
-from pretrain.config.redact import redact_text, strip_userinfo
+from pretrain.trust.redact import redact_text, strip_userinfo
 from pretrain.config.schema import RunConfig
 
 CONFIG_NAME = "config.yaml"

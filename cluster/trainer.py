@@ -92,6 +92,7 @@ def fit(train_fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], *,
         train_fn,
         train_loop_config=payload,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # The request covers the worker's loader processes too (pretrain.train.resources).
         scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cluster.cpus_per_worker}),
         run_config=RayRunConfig(

@@ -13,6 +13,7 @@ import torch
 from cluster.storage import run_store, store_at
 from pretrain.config.schema import RunConfig
 from pretrain.train.loop import WorkerContext, fit
+from pretrain.train.resources import cpu_split
 
 # Rank 0's MetricLogger retries on its own schedule; MLflow's HTTP client would otherwise retry
 # with backoff for minutes per call (and time out after 120 s) during a tracking-server outage.
@@ -30,8 +31,9 @@ def train_worker(payload: dict[str, Any]) -> None:
     cfg = RunConfig.model_validate(payload["config"])
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    # On every device: Ray sets OMP_NUM_THREADS to the whole CPU request, which would leave no
+    # core to the loader processes counted in it.
+    torch.set_num_threads(cpu_split(cfg, accelerated=device.type != "cpu").torch_threads)
     ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
                         device=device)
     store = (store_at(payload["run_storage"], cfg.cluster.storage_endpoint,

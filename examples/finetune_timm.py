@@ -8,7 +8,7 @@ timm opens it by itself; nothing from this project is imported here.
         '../shared/data/cifar10/train-{000000..000009}.tar' \
         '../shared/data/cifar10/test-{000000..000001}.tar' 10
 
-(An encoder trained with `encoder.stem=cifar` needs `pretrain.encoder.apply_stem` first: see its
+(An encoder trained with `encoder.stem=cifar` needs `pretrain.models.encoder.apply_stem` first: see its
 model card.)
 """
 import sys

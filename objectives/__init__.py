@@ -1,6 +1,6 @@
 """Self-supervised objectives: pure loss functions, thin modules with heads, and a registry."""
 
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds, ViewsMissing
 from objectives.distributed import gather_with_grad, is_distributed, rank, world_size
 from objectives.care import CARE, CAREConfig, care_equivariance_loss, care_loss
 from objectives.ema import EMATarget, cosine_momentum
@@ -8,10 +8,10 @@ from objectives.essl import ESSL, ESSLConfig, essl_loss, quarter_turn_labels, ro
 from objectives.heads import encode_together, expander, ln_mlp, mlp
 from objectives.registry import (
     OBJECTIVES,
-    ObjectiveSpec,
     build_objective,
-    get_spec,
-    objective_names,
+    get_objective,
+    is_objective,
+    list_objectives,
 )
 from objectives.seq_jepa import SeqJEPA, SeqJEPAConfig, action_tokens, negative_cosine_loss
 from objectives.sie import SIE, SIEConfig, hypernetwork_predict, sie_loss
@@ -53,18 +53,20 @@ __all__ = [
     "OBJECTIVES",
     "LossOutput",
     "Objective",
-    "ObjectiveSpec",
+    "ViewNeeds",
+    "ViewsMissing",
     "VICReg",
     "VICRegConfig",
     "build_objective",
     "covariance_term",
     "expander",
     "gather_with_grad",
-    "get_spec",
+    "get_objective",
     "invariance_term",
     "is_distributed",
     "mlp",
-    "objective_names",
+    "is_objective",
+    "list_objectives",
     "rank",
     "variance_term",
     "vicreg_loss",

@@ -18,7 +18,7 @@ Choices between paper and official code (github.com/Sharut/CARE, ``cifar10_cifar
 - Chunks: the official code uses ``B // K`` rows per chunk and drops the remainder; our chunks
   come from the pipeline (``params["chunk"]`` of the chunk-shared views, sizes as
   ``torch.tensor_split``) and each chunk uses its own ``m``. The chunk count scales with the
-  batch so that a chunk keeps ``AugmentConfig.chunk_size`` = 16 images (the paper's K = 16 at
+  batch so that a chunk keeps ``CAREConfig.chunk_size`` = 16 images (the paper's K = 16 at
   batch 256): ``L_chunk`` grows with ``m``, so a fixed ``m`` keeps ``lambda`` meaningful.
 - The independent pair and the chunk-shared pair are encoded in one call (joint BatchNorm
   statistics, see ``objectives.heads.encode_together``); the official code runs four calls.
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from augment.batch import ViewBatch
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds
 from objectives.heads import encode_together, full_precision, mlp
 from objectives.simclr import nt_xent_loss
 
@@ -74,10 +74,15 @@ def care_loss(info_nce: Tensor, equivariance: Tensor, equivariance_weight: float
 class CAREConfig(BaseModel):
     """Hyper-parameters of CARE; defaults are the official CIFAR-10 script's.
 
-    The chunk size is ``augment.chunk_size`` (the pipeline samples the chunk-shared views).
+    ``chunk_size`` is also read by the view recipe (``CARE.recipe_options``): the run config
+    hands it to the augmenter, which samples the chunk-shared views.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(
+        16, ge=1, description="Images per chunk sharing one sampled augmentation pair; a batch of "
+        "B gets max(1, B // chunk_size) chunks (the paper's K = 16 chunks at batch 256).")
 
     projector_dims: list[int] = Field(default_factory=lambda: [512, 128], min_length=1,
                                       description="Projection widths (official: 512 hidden, 128 out).")
@@ -86,21 +91,23 @@ class CAREConfig(BaseModel):
     equivariance_weight: float = Field(0.03, ge=0, description="lambda: weight of L_equi.")
 
 
-class CARE(Objective):
+class CARE(Objective[CAREConfig]):
     """Encoder + projector; views 0, 1 independent (InfoNCE), views 2, 3 chunk-shared (L_equi)."""
 
     name = "care"
+    config_cls = CAREConfig
     view_recipe = "care"
+    recipe_options = ("chunk_size",)
+
+    @classmethod
+    def view_needs(cls, cfg: CAREConfig) -> ViewNeeds:
+        return ViewNeeds(views=4, params=((2, "chunk"),))
 
     def __init__(self, cfg: CAREConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         self.projector = mlp(num_features, list(cfg.projector_dims), last_bias=cfg.projector_last_bias)
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
-        if len(batch.views) < 4 or "chunk" not in batch.params[2]:
-            raise ValueError("CARE needs 2 independent views + a chunk-shared pair with "
-                             "params['chunk'] (recipe 'care')")
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         n = batch.batch_size
         features = encode_together(self.encoder, batch.views[:4])
         z = self.projector(features)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from augment.batch import ViewBatch
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds
 from objectives.heads import encode_together, expander, full_precision, ln_mlp
 from objectives.simclr import SimCLRConfig, nt_xent_loss, projector
 from objectives.vicreg import VICRegConfig, vicreg_loss
@@ -79,15 +79,20 @@ class ESSLConfig(BaseModel):
     )
 
 
-class ESSL(Objective):
+class ESSL(Objective[ESSLConfig]):
     """Encoder + base projector + rotation head; views 0, 1 for the base, 2-5 rotated crops."""
 
     name = "essl"
+    config_cls = ESSLConfig
     view_recipe = "essl"
 
+    @classmethod
+    def view_needs(cls, cfg: ESSLConfig) -> ViewNeeds:
+        crops = range(2, 2 + ROTATIONS)
+        return ViewNeeds(views=2 + ROTATIONS, params=tuple((i, "rotation_angle") for i in crops))
+
     def __init__(self, cfg: ESSLConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         if cfg.base == "simclr":
             self.projector = projector(cfg.simclr, num_features)
         else:
@@ -104,11 +109,8 @@ class ESSL(Objective):
                           cov_coeff=v.cov_coeff, gamma=v.gamma, eps=v.eps, gather=True)
         return out["total"], {k: out[k].detach() for k in ("invariance", "variance", "covariance")}
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         """Base loss on views 0, 1; rotation loss on the four turned crops (views 2-5)."""
-        if len(batch.views) < 2 + ROTATIONS:
-            raise ValueError(f"E-SSL needs 2 views + {ROTATIONS} rotated crops (recipe 'essl'), "
-                             f"got {len(batch.views)} views")
         n = batch.batch_size
         features = encode_together(self.encoder, batch.views[:2])
         z = self.projector(features)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from augment.batch import ViewBatch
 from augment.relative import relative_dim
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds
 from objectives.ema import EMATarget, cosine_momentum
 from objectives.heads import encode_together, full_precision
 
@@ -74,10 +74,14 @@ def negative_cosine_loss(prediction: Tensor, target: Tensor) -> Tensor:
 class SeqJEPAConfig(BaseModel):
     """Hyper-parameters of seq-JEPA; defaults are the paper's 3DIEBench settings.
 
-    The training sequence length M is ``augment.sequence_length`` (the recipe makes M + 1 views).
+    ``sequence_length`` (M) is also read by the view recipe (``SeqJEPA.recipe_options``): the run
+    config hands it to the augmenter, whose ``sequence`` recipe makes M + 1 views.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    sequence_length: int = Field(
+        3, ge=1, description="Observed views M per training sequence (the recipe makes M + 1 views).")
 
     action: Literal["rotation", "rotation_hue", "augment"] = Field(
         "rotation", description="Key of ViewBatch.relative used as actions.")
@@ -91,19 +95,25 @@ class SeqJEPAConfig(BaseModel):
     predictor_hidden: int = Field(1024, ge=1, description="Hidden width of the predictor MLP.")
     ema_base: float = Field(0.996, ge=0, le=1, description="EMA momentum at step 0.")
     ema_final: float = Field(1.0, ge=0, le=1, description="EMA momentum at the last step.")
-    probe_sequence_length: int = Field(
-        3, ge=1, description="Observed views M per sequence when probes aggregate (SeqJEPA.aggregate_views).")
 
 
-class SeqJEPA(Objective):
+class SeqJEPA(Objective[SeqJEPAConfig]):
     """Online encoder, EMA target encoder, action embedding, aggregator and predictor."""
 
     name = "seq_jepa"
+    config_cls = SeqJEPAConfig
     view_recipe = "sequence"
+    recipe_options = ("sequence_length",)
+
+    @classmethod
+    def view_needs(cls, cfg: SeqJEPAConfig) -> ViewNeeds:
+        m = cfg.sequence_length
+        if not cfg.action_conditioning:
+            return ViewNeeds(views=m + 1)
+        return ViewNeeds(views=m + 1, action=cfg.action, actions=m)
 
     def __init__(self, cfg: SeqJEPAConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         self.target_encoder = EMATarget(encoder)
         cond = cfg.action_conditioning
         act = cfg.action_embed_dim if cond else 0
@@ -146,29 +156,32 @@ class SeqJEPA(Objective):
         features = encode_together(self.encoder, views)
         return features.view(len(views), views[0].shape[0], -1).transpose(0, 1)
 
-    def aggregate_views(self, views: list[Tensor], actions: Tensor | None) -> Tensor:
-        """``z_AGG`` of any number of observed views (probes; ``probe_sequence_length``).
+    def aggregate_one_view(self, features: Tensor) -> Tensor:
+        """``z_AGG`` of each row observed alone (``M = 1``) from its backbone features ``B x D``.
 
-        ``actions``: ``B x M x A`` relative actions between consecutive views (the last one is
-        not used); ignored without action conditioning.
-        """
-        z = self.encode_sequence(views)
-        embedded = self.embed_actions(actions)[0] if self.action_embed is not None else None
-        return self.aggregate(z, embedded)
+        The one token is ``[z ; 0]``: the last observed view's action slot is zero, so no action
+        is needed. Longer sequences would need several views of one object with the training's
+        actions between them, which probe sets do not carry."""
+        z = features[:, None]
+        if self.action_embed is None:
+            return self.aggregate(z, None)
+        return self.aggregate(z, z.new_zeros(z.shape[0], 1, self.cfg.action_embed_dim))
+
+    def probe_features(self) -> dict[str, nn.Module]:
+        """``aggregate``: ``z_AGG`` of each image observed alone (:meth:`aggregate_one_view`), the
+        representation the paper reads as invariant, next to the equivariant backbone output."""
+        return {"aggregate": OneViewAggregate(self)}
 
     def _sequence(self, batch: ViewBatch) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Online encodings ``B x M x D`` of the observed views, the EMA target's encoding of the
-        target view, and the ``B x M x A`` actions (``None`` without action conditioning)."""
-        m = len(batch.views) - 1
-        if m < 1:
-            raise ValueError(f"seq-JEPA needs observed views + 1 target, got {len(batch.views)} views")
-        actions = batch.relative.get(self.cfg.action)
-        if self.action_embed is not None and (actions is None or actions.shape[1] != m):
-            raise KeyError(f"seq-JEPA needs batch.relative[{self.cfg.action!r}] with {m} actions "
-                           f"(recipe 'sequence'); the batch has {sorted(batch.relative)}")
+        """Online encodings ``B x M x D`` of the observed views ``0..M-1``, the EMA target's
+        encoding of view ``M``, and the ``B x M x A`` actions (``None`` without action
+        conditioning); ``M = cfg.sequence_length``."""
+        m = self.cfg.sequence_length
         z = self.encode_sequence(batch.views[:m])
         target = self.target_encoder(batch.views[m])
-        return z, target, actions if self.action_embed is not None else None
+        if self.action_embed is None:
+            return z, target, None
+        return z, target, batch.relative[self.cfg.action][:, :m]
 
     def _predict(self, z: Tensor, actions: Tensor | None) -> tuple[Tensor, Tensor]:
         """The predictor's output for the target and ``z_AGG``, from encodings and actions."""
@@ -184,6 +197,7 @@ class SeqJEPA(Objective):
         """The loss ``1 - cos(pred, target)`` with the true actions (``true``), with every row's
         actions taken from row ``permutation[i]`` (``shuffled``; the same dropout masks), and
         with the target predicted as the last observed view's encoding (``no_change``)."""
+        self.check_views(batch)
         z, target, actions = self._sequence(batch)
         # fork_rng restores the CPU and the CUDA generator, so both passes draw the same masks.
         with torch.random.fork_rng(devices=[z.device] if z.is_cuda else []):
@@ -193,7 +207,7 @@ class SeqJEPA(Objective):
         return {"true": true, "shuffled": shuffled,
                 "no_change": negative_cosine_loss(z[:, -1], target)}
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         """Views ``0..M-1`` observed, view ``M`` the target; actions ``batch.relative[action]``."""
         z, target, actions = self._sequence(batch)
         prediction, agg = self._predict(z, actions)
@@ -205,3 +219,15 @@ class SeqJEPA(Objective):
         """EMA update of the target encoder with the cosine momentum of ``step``."""
         momentum = cosine_momentum(step, total_steps, self.cfg.ema_base, self.cfg.ema_final)
         self.target_encoder.update_(self.encoder, momentum)
+
+
+class OneViewAggregate(nn.Module):
+    """Probe head of :meth:`SeqJEPA.aggregate_one_view` (backbone features -> ``z_AGG``); it
+    shares the objective's aggregator, so probes see it in eval mode through this module."""
+
+    def __init__(self, objective: SeqJEPA) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.objective.aggregate_one_view(features)

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from augment.batch import ViewBatch
 from augment.relative import relative_dim
-from objectives.base import LossOutput, Objective
+from objectives.base import FeatureColumns, LossOutput, Objective, ViewNeeds
 from objectives.distributed import gather_with_grad
 from objectives.heads import encode_together, expander, full_precision
 from objectives.vicreg import covariance_term, variance_term
@@ -160,15 +160,19 @@ def split_widths(dims: list[int], part: int, whole: int) -> list[int]:
     return [max(1, round(d * part / whole)) for d in dims]
 
 
-class SIE(Objective):
+class SIE(Objective[SIEConfig]):
     """Encoder, invariant and equivariant projectors and the hypernetwork predictor."""
 
     name = "sie"
+    config_cls = SIEConfig
     view_recipe = "pair"
 
+    @classmethod
+    def view_needs(cls, cfg: SIEConfig) -> ViewNeeds:
+        return ViewNeeds(views=2, action=cfg.action, actions=1)
+
     def __init__(self, cfg: SIEConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         equi = cfg.equivariant_dims if cfg.equivariant_dims is not None else num_features // 2
         if not 0 < equi < num_features:
             raise ValueError(f"SIE equivariant_dims must be in [1, {num_features - 1}], got {equi}")
@@ -182,22 +186,23 @@ class SIE(Objective):
     def _equivariant_pair(self, batch: ViewBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Backbone features of views 0 and 1 (rows view by view), the invariant and equivariant
         projections of both, and ``g``."""
-        if len(batch.views) < 2:
-            raise ValueError(f"SIE needs 2 views, got {len(batch.views)}")
-        if self.cfg.action not in batch.relative:
-            raise KeyError(f"SIE needs batch.relative[{self.cfg.action!r}] (recipe 'pair'); the batch "
-                           f"has {sorted(batch.relative)}. Latent actions need latents and "
-                           "augment.source='distinct'; image data needs objective.sie.action='augment'")
         features = encode_together(self.encoder, batch.views[:2])
         inv, equi = features.split([self.inv_dims, self.equi_dims], dim=1)
         return features, self.projector_inv(inv), self.projector_equi(equi), \
             batch.relative[self.cfg.action][:, 0]
+
+    def probe_features(self) -> dict[str, nn.Module]:
+        """The invariant (first ``inv_dims``) and equivariant (last ``equi_dims``) parts of the
+        backbone features: the paper probes each half for class and for rotation."""
+        return {"invariant": FeatureColumns(0, self.inv_dims),
+                "equivariant": FeatureColumns(self.inv_dims, self.num_features)}
 
     @torch.no_grad()
     def predictor_losses(self, batch: ViewBatch, permutation: Tensor) -> dict[str, Tensor]:
         """The predictor's MSE ``||W(g) z - z'||^2`` (the ``equivariance`` term) with the true
         ``g`` (``true``), with ``g`` taken from row ``permutation[i]`` (``shuffled``), and the MSE
         of predicting "no change", ``||z - z'||^2`` (``no_change``), on one batch."""
+        self.check_views(batch)
         n = batch.batch_size
         _, _, z_equi, g = self._equivariant_pair(batch)
         z_a, z_b = z_equi[:n].float(), z_equi[n:].float()
@@ -206,7 +211,7 @@ class SIE(Objective):
                 "shuffled": F.mse_loss(hypernetwork_predict(z_a, g[permutation], basis), z_b),
                 "no_change": F.mse_loss(z_a, z_b)}
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         """Loss on views 0, 1 with ``g = batch.relative[action][:, 0]`` (view 0 -> view 1)."""
         n = batch.batch_size
         features, z_inv, z_equi, g = self._equivariant_pair(batch)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from augment.batch import ViewBatch
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds
 from objectives.distributed import gather_with_grad, rank
 from objectives.heads import encode_together, full_precision, mlp
 
@@ -81,21 +81,23 @@ def projector(cfg: SimCLRConfig, num_features: int) -> nn.Sequential:
                last_norm=cfg.projector_last_norm)
 
 
-class SimCLR(Objective):
+class SimCLR(Objective[SimCLRConfig]):
     """Encoder + projection head trained with :func:`nt_xent_loss` on views 0 and 1."""
 
     name = "simclr"
+    config_cls = SimCLRConfig
     view_recipe = "simclr"
 
+    @classmethod
+    def view_needs(cls, cfg: SimCLRConfig) -> ViewNeeds:
+        return ViewNeeds(views=2)
+
     def __init__(self, cfg: SimCLRConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         self.projector = projector(cfg, num_features)
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         """Loss on views 0 and 1; embeddings of view 0 for probes."""
-        if len(batch.views) < 2:
-            raise ValueError(f"SimCLR needs 2 views, got {len(batch.views)}")
         n = batch.batch_size
         features = encode_together(self.encoder, batch.views[:2])
         z = self.projector(features)

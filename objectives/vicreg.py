@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from augment.batch import ViewBatch
-from objectives.base import LossOutput, Objective
+from objectives.base import LossOutput, Objective, ViewNeeds
 from objectives.distributed import gather_with_grad
 from objectives.heads import expander
 
@@ -120,7 +120,7 @@ class VICRegConfig(BaseModel):
     eps: float = Field(1e-4, gt=0, description="Added to the variance inside the square root.")
 
 
-class VICReg(Objective):
+class VICReg(Objective[VICRegConfig]):
     """Encoder + expander trained with :func:`vicreg_loss` on two views.
 
     Both views go through the encoder and expander in ONE call on their concatenation: one
@@ -131,17 +131,19 @@ class VICReg(Objective):
     """
 
     name = "vicreg"
+    config_cls = VICRegConfig
     view_recipe = "vicreg"
 
+    @classmethod
+    def view_needs(cls, cfg: VICRegConfig) -> ViewNeeds:
+        return ViewNeeds(views=2)
+
     def __init__(self, cfg: VICRegConfig, encoder: nn.Module, num_features: int) -> None:
-        super().__init__(encoder, num_features)
-        self.cfg = cfg
+        super().__init__(cfg, encoder, num_features)
         self.expander = expander(num_features, list(cfg.expander_dims))
 
-    def forward(self, batch: ViewBatch) -> LossOutput:
+    def compute_loss(self, batch: ViewBatch) -> LossOutput:
         """Loss on views 0 and 1; embeddings of view 0 for probes."""
-        if len(batch.views) < 2:
-            raise ValueError(f"VICReg needs 2 views, got {len(batch.views)}")
         view_a, view_b = batch.views[0], batch.views[1]
         if view_a.shape != view_b.shape:
             raise ValueError(f"VICReg views must have equal shapes to be encoded together, got "

@@ -90,8 +90,8 @@ def in_memory_set(images: Tensor, n_train: int, labels: Tensor | None = None) ->
 
 def export_test_encoder(out_dir, seed: int = 0, run_id: str | None = None):
     """A perturbed ``test_resnet`` (32 px) exported with ``write_encoder``; returns the folder."""
-    from pretrain.encoder import build_encoder
-    from pretrain.export import write_encoder
+    from pretrain.models.encoder import build_encoder
+    from pretrain.models.folder import write_encoder
 
     torch.manual_seed(seed)
     encoder, info = build_encoder("test_resnet", 32)
@@ -108,7 +108,7 @@ def register_test_encoder(tmp_path, tracking_uri: str, name: str = "enc-test", s
     Returns ``(run_id, RegisteredEncoder)``."""
     from mlflow.tracking import MlflowClient
 
-    from pretrain.registry import log_and_register
+    from pretrain.models.model_registry import log_and_register
     from pretrain.tracking.runs import ensure_experiment
 
     client = MlflowClient(tracking_uri)

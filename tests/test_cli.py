@@ -141,7 +141,7 @@ def test_objective_recipe_data_mismatch_stops_before_anything_starts(
     import ray
 
     from pretrain.config import ConfigError, load_config
-    from pretrain.run import run
+    from pretrain.workflows.run import run
 
     shards = _image_set(tmp_path)
     work = tmp_path / "work"

@@ -23,7 +23,7 @@ from pretrain.cli.errors import run_cli
 from pretrain.cli.main import app
 from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
 from pretrain.hub import pull
-from pretrain.registry import VERSION_TAG
+from pretrain.models.model_registry import VERSION_TAG
 from pretrain.tracking.runs import find_run_by_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900),

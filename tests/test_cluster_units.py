@@ -252,7 +252,7 @@ def test_final_checkpoint_is_the_newest_whose_driver_files_verify(tmp_path, capl
     # The engine's files are not the driver's: damage there does not reject checkpoint 2.
     states = tmp_path / "runs" / "r" / checkpoint_dir_name(2) / "engine" / "mp_rank_00_model_states.pt"
     states.write_bytes(bytes(reversed(states.read_bytes()[:-1])) + b"!")
-    with caplog.at_level(logging.WARNING, logger="pretrain.run"):
+    with caplog.at_level(logging.WARNING, logger="pretrain.workflows.run"):
         found = final_checkpoint(cluster, "r")
     assert found.path == str(tmp_path / "runs" / "r" / checkpoint_dir_name(2))
     assert [r.getMessage() for r in caplog.records] == [

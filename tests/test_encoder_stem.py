@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pretrain.config.schema import EncoderConfig
-from pretrain.encoder import apply_stem, build_encoder
+from pretrain.models.encoder import apply_stem, build_encoder
 
 TINY = {"channels": (8, 16, 32, 64)}  # a narrow timm resnet18, for speed
 

@@ -121,8 +121,8 @@ def test_seq_jepa_heads_learn_to_use_exact_actions() -> None:
     rows' actions is at least 5 times the loss with the true ones) and beats 'no change'."""
     torch.manual_seed(0)
     width, m = 8, 2
-    model = SeqJEPA(SeqJEPAConfig(action_embed_dim=16, num_heads=4, num_layers=1,
-                                  predictor_hidden=128), nn.Flatten(), width)
+    model = SeqJEPA(SeqJEPAConfig(sequence_length=m, action_embed_dim=16, num_heads=4,
+                                  num_layers=1, predictor_hidden=128), nn.Flatten(), width)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):

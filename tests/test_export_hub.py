@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from pretrain.encoder import build_encoder
-from pretrain.export import ExportError, read_config, write_encoder
+from pretrain.models.encoder import build_encoder
+from pretrain.models.folder import ExportError, read_config, write_encoder
 from pretrain.hub import load_encoder, pull
-from pretrain.registry import log_and_register
+from pretrain.models.model_registry import log_and_register
 from pretrain.tracking.runs import ensure_experiment
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -221,7 +221,7 @@ def test_registry_records_sha256_and_refuses_files_replaced_with_their_checksum(
     encoder, info = trained_encoder
     files, registered = _registered(store, tmp_path, encoder, info)
     tags = client.get_model_version(name, registered.version).tags
-    from pretrain.export import sha256_file
+    from pretrain.models.folder import sha256_file
 
     assert tags["pretrain.sha256"] == sha256_file(files / "model.safetensors")
     assert tags["pretrain.sha256.config"] == sha256_file(files / "config.json")
@@ -289,7 +289,7 @@ def test_planted_pickles_never_run(tmp_path, store, trained_encoder):
     shutil.copytree(files, folder)
     _plant(folder / "model.safetensors", marker)
     config = json.loads((folder / "config.json").read_text())
-    from pretrain.export import sha256_file
+    from pretrain.models.folder import sha256_file
 
     config["invariant_pretrain"]["sha256"] = sha256_file(folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config))
@@ -366,13 +366,13 @@ def test_model_card_is_the_version_description_and_the_folder_readme(
 
 
 def test_headline_tags_only():
-    from pretrain.probes.hooks import summary_tags
+    from pretrain.probes.profile import headline_tags
 
     metrics = {"probe/linear_top1": 0.5, "probe/knn_top1": 0.25, "probe/health/rankme": 9.0,
                "probe/health/collapsed_frac": 0.0, "probe/health/neg_cos": 0.1,
                "probe/invariance/crop": 0.8, "probe/equivariance_r2/crop": 0.1,
                "probe/equivariance_r2_mlp/crop": 0.2, "probe/seconds": 3.0}
-    assert summary_tags(metrics) == {"probe/linear_top1": "0.5000", "probe/knn_top1": "0.2500",
+    assert headline_tags(metrics) == {"probe/linear_top1": "0.5000", "probe/knn_top1": "0.2500",
                                      "probe/health/rankme": "9.0000",
                                      "probe/health/collapsed_frac": "0.0000"}
 

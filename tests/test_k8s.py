@@ -19,7 +19,7 @@ import k8s_build as kb
 import k8s_checks as kc
 from k8s_checks import one
 from pretrain.config import load_config
-from pretrain.k8s import RAY_VERSION, render_rayjob
+from cluster.k8s_manifest import RAY_VERSION, render_rayjob
 
 LAYOUTS = ["base", "overlays/cpu", "overlays/gpu"]
 IMAGE = "registry.example.com/ml/invariant-pretrain:0.1.0"

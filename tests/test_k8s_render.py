@@ -1,4 +1,4 @@
-"""``pretrain.k8s.render_rayjob``, ``render_yaml`` and ``pretrain k8s render``, offline."""
+"""``cluster.k8s_manifest.render_rayjob``, ``render_yaml`` and ``pretrain k8s render``, offline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import k8s_build as kb
 import k8s_checks as kc
 from k8s_checks import one
 from pretrain.config import ConfigError, load_config
-from pretrain.k8s import render_rayjob, render_yaml
+from cluster.k8s_manifest import render_rayjob, render_yaml
 
 IMAGE = "registry.example.com/ml/invariant-pretrain:0.1.0"
 QUICKSTART = kc.REPO / "configs" / "quickstart.yaml"

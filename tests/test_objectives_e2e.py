@@ -20,7 +20,7 @@ from cluster import trainer
 from pretrain.config import load_config
 from pretrain.config.schema import ClusterConfig
 from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
-from pretrain.run import run
+from pretrain.workflows.run import run
 from pretrain.train.checkpoint import safe_load
 from pretrain.train.manifest import MANIFEST_NAME
 from pretrain.train.store import checkpoint_dir_name

@@ -21,10 +21,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from probe_encoders import register_test_encoder, write_colour_shards
-from pretrain.classifier import load_classifier
+from pretrain.models.classifier import load_classifier
 from pretrain.cli.errors import run_cli
 from pretrain.cli.finetune import finetune as finetune_cmd
-from pretrain.finetune import finetune
+from pretrain.config.finetune import FinetuneConfig
+from pretrain.workflows.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,9 +77,10 @@ def test_finetune_registers_a_classifier_whose_accuracy_checks_out(setup, tmp_pa
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    result = finetune(registered.uri, str(root / "train"), epochs=4, lr=3e-3,
-                      tracking_uri=uri, registry_name="colour-classifier",
-                      test_data=str(root / "test"), batch_size=16)
+    result = finetune(FinetuneConfig(model_uri=registered.uri, data=str(root / "train"),
+                                     epochs=4, lr=3e-3, tracking_uri=uri,
+                                     registry_name="colour-classifier",
+                                     test_data=str(root / "test"), batch_size=16))
     monkeypatch.undo()
     assert result.num_classes == 3 and (result.train_samples, result.test_samples) == (48, 24)
     assert result.registered is not None and result.registered.uri == "models:/colour-classifier/1"
@@ -110,9 +112,11 @@ def test_linear_only_keeps_the_encoder_frozen(setup, tmp_path):
     root, uri, _, registered = setup
     out = tmp_path / "clf"
     calls = []
-    result = finetune(registered.uri, str(root / "train"), epochs=20, lr=1e-2, linear_only=True,
-                      tracking_uri=uri, registry_name=None, test_data=str(root / "test"),
-                      out_dir=out, progress=lambda *call: calls.append(call))
+    result = finetune(FinetuneConfig(model_uri=registered.uri, data=str(root / "train"),
+                                     epochs=20, lr=1e-2, linear_only=True, tracking_uri=uri,
+                                     registry_name=None, test_data=str(root / "test"),
+                                     out_dir=str(out)),
+                      progress=lambda *call: calls.append(call))
     per_epoch = -(-48 // 64)  # 48 train images, batch 64: one batch per epoch
     assert calls == [(e + 1, 20 * per_epoch, f"epoch {e + 1}/20") for e in range(20)]
     assert result.registered is None and result.model_dir == str(out)
@@ -157,3 +161,19 @@ def test_plain_timm_example_runs(setup, tmp_path, monkeypatch, capsys):
     runpy.run_path(str(REPO / "examples" / "finetune_timm.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "test accuracy" in out and "on 24 images" in out
+
+
+def test_a_finetune_that_fails_inside_its_run_ends_it_failed(setup, tmp_path):
+    root, uri, source_run, registered = setup
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the classifier folder's parent should be")
+    with pytest.raises(OSError):
+        finetune(FinetuneConfig(model_uri=registered.uri, data=str(root / "train"),
+                                test_data=str(root / "test"), linear_only=True,
+                                tracking_uri=uri, experiment="ft-blocked", registry_name=None,
+                                out_dir=str(blocker / "classifier")))
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ft-blocked").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pretrain.finetune.source_run_id"] == source_run
+    assert {"train/loss", "test/accuracy"} <= set(run.data.metrics)  # trained inside the run

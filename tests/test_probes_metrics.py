@@ -204,3 +204,18 @@ def test_collapsed_fraction_is_scale_free_and_sees_complete_collapse():
     z[:, :2] *= 1e-4
     assert collapsed_fraction(z) == collapsed_fraction(1e6 * z) == pytest.approx(0.25)
     assert collapsed_fraction(torch.ones(50, 8) * 2.0) == 1.0
+
+
+def test_ridge_with_more_columns_than_rows_is_the_closed_form_solution():
+    # The dual branch of the ridge path (columns > rows) against the normal equations.
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    y = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    alpha = 0.5
+    xn = x.numpy()
+    xs = (xn - xn.mean(0)) / xn.std(0, ddof=1)
+    w = np.linalg.solve(xs.T @ xs + alpha * np.eye(30), xs.T @ (y.numpy() - y.numpy().mean(0)))
+    x_new = torch.randn(5, 30, generator=g, dtype=torch.float64)
+    expected = (x_new.numpy() - xn.mean(0)) / xn.std(0, ddof=1) @ w + y.numpy().mean(0)
+    np.testing.assert_allclose(fit_ridge(x, y, [alpha])(x_new).numpy(), expected, rtol=1e-9,
+                               atol=1e-9)

@@ -14,7 +14,7 @@ from probe_encoders import export_test_encoder, register_test_encoder
 from pretrain.cli.errors import run_cli
 from pretrain.cli.probe import probe
 from pretrain.probes.config import ProbesConfig
-from pretrain.probes.offline import compare_models, probe_model
+from pretrain.workflows.probe import compare_models, probe_model
 from pretrain.probes.plots import plot_comparison, plot_invariance_profile
 
 
@@ -111,3 +111,26 @@ def test_probe_cli(store, capsys):
     assert code == 2 and "--transforms" in err and "spin" in err
     code, _, err = _cli([registered.uri, "--compare", *common], capsys)
     assert code == 2 and "--compare needs at least two" in err
+
+
+def _blocked_experiment(client, root, name: str) -> str:
+    """An experiment whose artifact folder cannot be created (a file sits where its parent
+    should be): params and metrics log, the first artifact upload fails."""
+    blocker = root / f"{name}-blocker"
+    blocker.write_text("not a folder")
+    return client.create_experiment(name, artifact_location=(blocker / "artifacts").as_uri())
+
+
+def test_a_probe_that_fails_inside_its_run_ends_it_failed(store):
+    root, uri, _, registered, cfg = store
+    client = MlflowClient(uri)
+    experiment = _blocked_experiment(client, root, "probe-blocked")
+    with pytest.raises(OSError):
+        probe_model(registered.uri, "synth3d", ["rotation"], uri, cfg=cfg,
+                    experiment="probe-blocked")
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pretrain.probe.model_uri"] == registered.uri
+    assert "probe/linear_top1" in run.data.metrics  # it failed inside the run, not before
+    version = client.get_model_version(registered.name, "1")
+    assert version.tags.get("pretrain.probe.run_id") != run.info.run_id  # no link to a failure

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from augment import RECIPES, AugmentConfig, ViewAugmenter, build_recipe
 from objectives.essl import quarter_turn_labels
-from objectives.registry import OBJECTIVES, get_spec
+from objectives.registry import OBJECTIVES, get_objective
 from pretrain.config.load import load_config
 from pretrain.config.schema import RunConfig
 
@@ -27,9 +27,9 @@ def _run(cfg: AugmentConfig, batch: int = 8, views: int = 1, size: int = 16, see
 
 def test_every_objective_names_a_registered_recipe_that_the_run_config_selects() -> None:
     assert {"vicreg", "simclr", "essl", "care", "pair", "sequence"} <= set(RECIPES)
-    for name, spec in OBJECTIVES.items():
-        assert spec.objective_cls.view_recipe in RECIPES
-        assert RunConfig(objective={"name": name}).augment.recipe == spec.objective_cls.view_recipe
+    for name, cls in OBJECTIVES.items():
+        assert cls.view_recipe in RECIPES
+        assert RunConfig(objective={"name": name}).augment.recipe == cls.view_recipe
 
 
 def test_view_counts_and_sources() -> None:
@@ -125,7 +125,7 @@ def test_objective_configs_validate_and_decode_enough_views(path: Path) -> None:
     cfg = load_config(path)
     stem_objective, data_kind = path.stem.rsplit("-", 1)
     assert cfg.objective.name == stem_objective and cfg.name == path.stem
-    assert cfg.augment.recipe == get_spec(cfg.objective.name).objective_cls.view_recipe
+    assert cfg.augment.recipe == get_objective(cfg.objective.name).view_recipe
     needed = max(s.source for s in build_recipe(cfg.augment).views) + 1
     assert cfg.data.views >= needed
     if data_kind == "synth3d":

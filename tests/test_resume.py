@@ -206,13 +206,13 @@ from pretrain.train.distributed import single_process_group
 from pretrain.train.store import local_store
 import torch
 
-real_step, done = loop.train_step, []
-def train_step(engine, views):  # SIGKILL this process right after step KILL_AT
+real_step, done = loop.run_step, []
+def run_step(*args, **kwargs):  # SIGKILL this process right after step KILL_AT
     if len(done) == int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)
     done.append(1)
-    return real_step(engine, views)
-loop.train_step = train_step
+    return real_step(*args, **kwargs)
+loop.run_step = run_step
 cfg = load_config(None, sys.argv[4:])
 with single_process_group():
     loop.fit(cfg, loop.WorkerContext(0, 1, torch.device("cpu")), local_store(sys.argv[2]),

@@ -14,9 +14,9 @@ from pretrain.config import load_config
 from pretrain.data.errors import DataError
 from pretrain.data.synth3d import Synth3DConfig, generate_synth3d
 from pretrain.data.writer import ShardSetWriter
-from pretrain.exporting import export_run
+from pretrain.workflows.export_run import export_run
 from pretrain.hub import load_encoder
-from pretrain.run import run
+from pretrain.workflows.run import run
 from pretrain.tracking.runs import RUN_NAME_TAG
 from pretrain.train.checkpoint import safe_load
 

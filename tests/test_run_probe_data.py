@@ -9,7 +9,7 @@ import pytest
 from pretrain.config.schema import RunConfig
 from pretrain.data.format import INDEX_NAME
 from pretrain.probes.probeset import synth3d_probe_dir
-from pretrain.data.prepare import prepare_probe_data
+from pretrain.workflows.prepare_data import prepare_probe_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pretrain.run import JobStopped, sigterm_raises_job_stopped
+from pretrain.workflows.run import JobStopped, sigterm_raises_job_stopped
 
 
 def test_sigterm_inside_the_block_raises_job_stopped_and_restores_the_handler():
@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from pretrain.run import stopped_by_sigterm  # noqa: E402
+from pretrain.workflows.run import stopped_by_sigterm  # noqa: E402
 
 
 @pytest.mark.slow

@@ -122,20 +122,20 @@ def test_forward_backward_with_actions() -> None:
     assert out.embeddings["aggregate"].shape == (6, model.agg_token.shape[-1])
     assert model.action_embed[0].weight.grad.abs().sum() > 0
     assert all(b.grad is None for b in model.target_encoder.buffers())
-    z_agg = model.eval().aggregate_views(batch.views[:2], batch.relative["rotation"][:, :2])
-    assert z_agg.shape == (6, model.agg_token.shape[-1])  # another M at probe time
+    z_agg = model.eval().aggregate_one_view(out.embeddings["backbone"])
+    assert z_agg.shape == (6, model.agg_token.shape[-1])  # M = 1 at probe time
 
 
 def test_ablation_without_actions_and_head_check() -> None:
-    model = _model(action_conditioning=False)
+    model = _model(action_conditioning=False, sequence_length=2)
     assert model.action_embed is None and model.agg_token.shape[-1] == model.num_features
     batch = _batch(m=2)
     batch.relative = {}
     model(batch).loss.backward()
     with pytest.raises(ValueError, match="divisible"):
         _model(num_heads=5)
-    with pytest.raises(KeyError, match="augment"):
-        _model(action="augment")(_without(_batch(m=2), "augment"))
+    with pytest.raises(ValueError, match="objective seq_jepa: needs the relative transform 'augment'"):
+        _model(action="augment", sequence_length=2)(_without(_batch(m=2), "augment"))
 
 
 def _without(batch, key: str):

@@ -52,7 +52,7 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def test_show_prints_the_profile_table_and_the_png_path(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pretrain.probes.offline import log_probe_results
+    from pretrain.probes.report import log_probe_results
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     metrics = {"probe/linear_top1": 0.4125, "probe/knn_top1": 0.375, "probe/health/rankme": 61.25,

@@ -127,7 +127,7 @@ def test_uneven_split_and_missing_action() -> None:
         SIE(SIEConfig(equivariant_dims=encoder.num_features), encoder, encoder.num_features)
     batch = _pair_batch()
     batch.relative = {"augment": batch.relative["augment"]}
-    with pytest.raises(KeyError, match="rotation_hue"):
+    with pytest.raises(ValueError, match="objective sie: needs the relative transform 'rotation_hue'"):
         model(batch)
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster.jobs import TRACKING_KEY, build_submission, job_config
 from pretrain.config import ConfigError, config_to_yaml, flatten, load_config
-from pretrain.config.redact import redact, redact_text, strip_userinfo
+from pretrain.trust.redact import redact, redact_text, strip_userinfo
 from pretrain.tracking.reachable import TrackingUnreachable, check_reachable
 from pretrain.tracking.runs import start_or_resume_run
 

@@ -22,14 +22,14 @@ def usage_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean the input was wrong (config, data path, model files)."""
     from pretrain.config.load import ConfigError
     from pretrain.data.errors import DataError
-    from pretrain.export import ExportError
+    from pretrain.models.folder import ExportError
 
     return (ConfigError, DataError, ExportError, FileNotFoundError)
 
 
 def runtime_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is already the one line a user needs (exit code 1)."""
-    from pretrain.run import RunFailed
+    from pretrain.workflows.run import RunFailed
     from pretrain.tracking.reachable import TrackingUnreachable
 
     return (RunFailed, TrackingUnreachable)

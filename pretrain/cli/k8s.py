@@ -37,7 +37,7 @@ def render(
 ) -> None:
     """Print the ConfigMap and RayJob for CONFIG, ready for 'kubectl apply -f -'."""
     from pretrain.config import load_config
-    from pretrain.k8s import render_yaml
+    from cluster.k8s_manifest import render_yaml
 
     cfg = load_config(config, overrides or [])
     typer.echo(render_yaml(cfg, image=image, gpus=gpus, name=name, namespace=namespace), nl=False)

@@ -37,8 +37,8 @@ def run(config: ConfigArg, overrides: OverridesArg = None,
     from pretrain.cli.errors import STOPPED_EXIT, fail
     from pretrain.cli.report import print_run_summary
     from pretrain.config import load_config
-    from pretrain.run import JobStopped
-    from pretrain.run import run as run_job
+    from pretrain.workflows.run import JobStopped
+    from pretrain.workflows.run import run as run_job
 
     cfg = load_config(config, overrides or [])
     try:
@@ -57,7 +57,7 @@ def export(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Export a run's latest checkpointed encoder and register it as a new model version."""
-    from pretrain.exporting import export_run
+    from pretrain.workflows.export_run import export_run
 
     registered = export_run(run_id, name=name, alias=alias, tracking_uri=tracking_uri)
     typer.echo(f"registered {registered.name} version {registered.version}: {registered.uri}")
@@ -74,7 +74,7 @@ def pull(
     """Download an encoder's files, verify them against the registry's SHA-256 record, then
     move them into --out (a failed pull leaves --out as it was). timm opens the folder with
     timm.create_model("local-dir:OUT", pretrained=True)."""
-    from pretrain.hub import pull as pull_files
+    from pretrain.models.loading import pull as pull_files
     from pretrain.tracking import resolve_tracking_uri
 
     path = pull_files(model_uri, out, tracking_uri=resolve_tracking_uri(tracking_uri))
@@ -92,21 +92,45 @@ def show(
 ) -> None:
     """Show a run's (or a model version's run's) headline probe figures, its invariance
     profile as a table, and the path of the profile PNG."""
-    from pretrain.probes.show import format_view, show_run
+    from pretrain.workflows.show import format_view, show_run
 
     typer.echo(format_view(show_run(source, tracking_uri=tracking_uri)))
 
 
 @app.command()
 def bench(config: ConfigArg, overrides: OverridesArg = None,
-          steps: Annotated[int, typer.Option(help="Timed steps per mode.")] = 20,
-          warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 3) -> None:
-    """Throughput: plain PyTorch vs DeepSpeed compute-only vs end-to-end (shards->step)."""
-    from pretrain.bench import format_bench, run_bench
+          steps: Annotated[int, typer.Option(min=1, help="Timed steps per mode and round.")] = 30,
+          warmup: Annotated[int, typer.Option(min=0, help="Untimed steps before each timed "
+                                              "window.")] = 3,
+          repeats: Annotated[int, typer.Option(min=1, help="Rounds of every mode; each figure "
+                                               "is the median over them.")] = 3,
+          profile: Annotated[Path | None, typer.Option(
+              file_okay=False, help="Also profile a few end-to-end steps: write a Chrome trace "
+              "(DIR/trace.json), print the top operators and, on CUDA, the device syncs.",
+              metavar="DIR")] = None) -> None:
+    """Where a training step's time goes, part by part, on one device (no Ray).
+
+    Each figure is the median over --repeats rounds, with its spread (min -
+    max). The modes run interleaved in rounds (plain, compute-only, end-to-end,
+    augmentation, loader), so drift and warm-up hit them alike, and every
+    loader window crosses an epoch boundary. The figures:
+
+    - augmentation alone: samples/s of the augmenter on a batch on the device
+    - loader alone: samples/s per loader worker, nothing else running; and
+      the wait (ms) for the first batch after the epoch boundary
+    - plain PyTorch: img/s of a bare AdamW loop on views resident on the device
+    - DeepSpeed compute-only: img/s of the engine on the same resident views
+    - DeepSpeed end-to-end: img/s of the training loop's own step: shards ->
+      decode -> device -> augment -> engine step -> the objective's step end
+    - end-to-end / compute-only: per round; 1.0 means the input costs nothing
+    - data-wait fraction: share of end-to-end time spent waiting for a batch
+    """
     from pretrain.config import load_config
+    from pretrain.workflows.bench import format_bench, run_bench
 
     cfg = load_config(config, overrides or [])
-    typer.echo(format_bench(run_bench(cfg, steps=steps, warmup=warmup)))
+    typer.echo(format_bench(run_bench(cfg, steps=steps, warmup=warmup, repeats=repeats,
+                                      profile=profile)))
 
 
 @app.command()
@@ -114,7 +138,7 @@ def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000
        tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None
        ) -> None:
     """Open the MLflow UI on the local store (mlflow.db in this folder)."""
-    from pretrain.registry import MODEL_TRAINING_VIEW
+    from pretrain.models.model_registry import MODEL_TRAINING_VIEW
     from pretrain.tracking import local_store_paths, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)

@@ -56,7 +56,7 @@ def probe(
     """Probe encoders: linear/kNN accuracy, invariance and equivariance per transformation,
     health. Logs a new MLflow run (metrics + invariance-profile PNG) linked to the source."""
     from pretrain.cli.progress import progress_bar
-    from pretrain.probes.offline import compare_models, probe_model
+    from pretrain.workflows.probe import compare_models, probe_model
 
     if compare and len(model_uris) < 2:
         raise typer.BadParameter("--compare needs at least two MODEL_URIs", param_hint="MODEL_URIS")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from pretrain.config.redact import redact_text
-from pretrain.registry import MODEL_TRAINING_VIEW
-from pretrain.run import RunSummary
+from pretrain.trust.redact import redact_text
+from pretrain.models.model_registry import MODEL_TRAINING_VIEW
+from pretrain.workflows.run import RunSummary
 from pretrain.tracking.runs import local_store_paths, ui_command
 
 

@@ -1,28 +1,44 @@
 """Objective, view recipe and data: do they fit together? Checked before anything starts.
 
-An objective declares the recipe it was written for (``Objective.view_recipe``, used as the
-default), and its settings may name the relative transform it reads between views: a field
-``action`` (a key of ``ViewBatch.relative``), unless a field ``action_conditioning`` turns actions
-off. Which relative transforms a batch carries follows from the recipe (its view pairs), from
+Every objective declares what it reads (:meth:`objectives.base.Objective.view_needs`: how many
+views, which relative transform between views and how many of them) and the recipe it was
+written for (``view_recipe``, the default of ``augment.recipe``). Which views and relative
+transforms a batch carries follows from the recipe (its views and view pairs), from
 ``augment.source`` (latent transforms need views cut from different renderings) and from the data
 (latent transforms need the latents). The rules mirror :func:`augment.relative.relative_vectors`,
-which computes them; without this check a mismatch surfaced as a ``KeyError`` in every Ray worker
-after the cluster had started.
+which computes them; without this check a mismatch surfaced in every Ray worker after the
+cluster had started. What is declared but not checkable from the config alone (a per-view param
+such as CARE's chunk ids) is checked on every batch by ``Objective.check_views``.
 
-The objectives carry no class-level declaration of the actions they read, so the ``action`` /
-``action_conditioning`` field names are the declaration read here; ``LATENTS_NEEDED`` is the one
-table, naming the latents each latent transform is computed from.
+``LATENTS_NEEDED`` is the one table naming the latents each latent transform is computed from.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from augment.config import AugmentConfig
 from augment.relative import RELATIVE_LAYOUTS
+from pretrain.config.objective import ObjectiveSelection
 
-if TYPE_CHECKING:
-    from pretrain.config.schema import RunConfig
+
+class _Data(Protocol):
+    @property
+    def path(self) -> str | None: ...
+
+
+class RunSections(Protocol):
+    """The parts of a ``RunConfig`` these checks read. A protocol rather than ``RunConfig``
+    itself: the schema runs :func:`recipe_problem` while it validates, so importing it here
+    would close an import circle."""
+
+    @property
+    def objective(self) -> ObjectiveSelection: ...
+    @property
+    def augment(self) -> AugmentConfig: ...
+    @property
+    def data(self) -> _Data: ...
 
 # Relative transforms computed from per-view latents (augment.relative.relative_vectors).
 LATENTS_NEEDED: dict[str, tuple[str, ...]] = {
@@ -32,30 +48,27 @@ LATENTS_NEEDED: dict[str, tuple[str, ...]] = {
 assert set(LATENTS_NEEDED) <= set(RELATIVE_LAYOUTS)
 
 
-def required_action(cfg: "RunConfig") -> str | None:
+def required_action(cfg: RunSections) -> str | None:
     """The ``ViewBatch.relative`` key the selected objective reads, or None."""
-    settings = cfg.objective.settings()
-    if getattr(settings, "action_conditioning", True) is False:
-        return None
-    action = getattr(settings, "action", None)
-    return action if isinstance(action, str) else None
+    return cfg.objective.view_needs().action
 
 
-def recipe_problem(cfg: "RunConfig") -> str | None:
-    """Why the recipe cannot give the objective its action (no view pairs at all; one line naming
-    the key), or None. Part of config validation."""
+def recipe_problem(cfg: RunSections) -> str | None:
+    """Why the recipe cannot give the objective the views or the relative transforms it declared
+    (one line naming the key), or None. Part of config validation."""
     from augment.recipes import build_recipe
-    from objectives.registry import get_spec
 
-    action = required_action(cfg)
-    if action is None:
-        return None
+    needs = cfg.objective.view_needs()
     name, recipe = cfg.objective.name, build_recipe(cfg.augment)
-    own = get_spec(name).objective_cls.view_recipe
-    if not recipe.relative:
-        return (f"augment.recipe: objective {name} reads the relative transform {action!r} "
-                f"between views, which recipe {cfg.augment.recipe!r} does not produce; use "
-                f"augment.recipe={own} (its own recipe)")
+    own = cfg.objective.objective_cls().view_recipe
+    use_own = f"use augment.recipe={own} (its own recipe)"
+    if len(recipe.views) < needs.views:
+        return (f"augment.recipe: objective {name} reads {needs.views} views, recipe "
+                f"{cfg.augment.recipe!r} makes {len(recipe.views)}; {use_own}")
+    if len(recipe.relative) < needs.actions:
+        return (f"augment.recipe: objective {name} reads {needs.actions} relative transform(s) "
+                f"{needs.action!r} between views, recipe {cfg.augment.recipe!r} makes "
+                f"{len(recipe.relative)}; {use_own}")
     return None
 
 
@@ -76,7 +89,7 @@ def first_sample_latents(url: str) -> set[str]:
     return set()
 
 
-def data_problem(cfg: "RunConfig", first_shard: str) -> str | None:
+def data_problem(cfg: RunSections, first_shard: str) -> str | None:
     """Why the views and the data at ``first_shard`` cannot give the objective its latent action
     (views cut from one rendering, or data without latents), or None. Checked when the data is
     known, just before training starts; :func:`recipe_problem` is part of config validation."""

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pretrain.config.redact import redact, secret_keys
+from pretrain.trust.redact import redact, secret_keys
 from pretrain.config.schema import RunConfig
 
 
@@ -88,7 +88,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML, secrets redacted (:mod:`pretrain.config.redact`): this text is
+    """The resolved config as YAML, secrets redacted (:mod:`pretrain.trust.redact`): this text is
     stored as the run's ``config.yaml`` artifact and shipped with jobs, never a credential."""
     return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
 

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from augment.config import AugmentConfig
-from objectives.care import CAREConfig
-from objectives.essl import ESSLConfig
-from objectives.seq_jepa import SeqJEPAConfig
-from objectives.sie import SIEConfig
-from objectives.simclr import SimCLRConfig
-from objectives.vicreg import VICRegConfig
-from pretrain.config.redact import has_userinfo
+from pretrain.config.objective import ObjectiveConfig, move_renamed_keys
+from pretrain.trust.redact import has_userinfo
 from pretrain.config.safe_loading import unsafe_loading_problem
 from pretrain.data.synth3d import Synth3DConfig
 from pretrain.probes.config import ProbesConfig
@@ -35,10 +31,29 @@ class DataConfig(_Section):
     image_size: int = Field(64, ge=8, description="Decoded image side in pixels.")
     views: int = Field(1, ge=1, description="Stored views decoded per sample (multi-view data).")
     batch_size: int = Field(64, ge=2, description="Samples per step per worker.")
-    num_workers: int = Field(1, ge=0, description="Loader processes per training worker.")
-    shuffle_buffer: int = Field(512, ge=0, description="Samples in the per-loader shuffle buffer.")
+    num_workers: int | None = Field(
+        None, ge=0, description="Loader processes per training worker (0: in-process). None: "
+        "derived from cluster.cpus_per_worker (see pretrain.train.resources).")
+    shuffle_buffer: int = Field(512, ge=0, description="Undecoded samples in each loader "
+                                "process's shuffle buffer (at most half its slice of an epoch).")
     max_skip_frac: float = Field(0.01, ge=0.0, le=1.0,
                                  description="Stop when more than this share of samples is bad.")
+    gpu_decode: bool = Field(
+        False, description="Decode JPEG shards in batches on the GPU (nvJPEG) instead of in the "
+        "loader processes; CUDA only (elsewhere one log line, and the CPU decodes). Needs JPEG "
+        "images (pretrain data import --format jpeg, or data.synth3d.image_format=jpeg).")
+
+    @field_validator("gpu_decode")
+    @classmethod
+    def _gpu_decode_needs_jpeg(cls, gpu_decode: bool, info: ValidationInfo) -> bool:
+        # Generated data is known before anything starts; imported shards are checked by the
+        # loader (one line naming the sample) because only reading them tells.
+        synth3d = info.data.get("synth3d")
+        if gpu_decode and info.data.get("path") is None and synth3d is not None \
+                and synth3d.image_format != "jpeg":
+            raise ValueError("needs JPEG images, but the generated synthetic data is PNG; set "
+                             "data.synth3d.image_format=jpeg")
+        return gpu_decode
 
 
 class EncoderConfig(_Section):
@@ -47,7 +62,7 @@ class EncoderConfig(_Section):
                                    description="Extra keyword arguments for timm.create_model.")
     stem: Literal["timm", "cifar"] = Field(
         "timm", description="'cifar': 3x3 stride-1 conv and no max-pool for timm ResNets on "
-        "32-64 px images (pretrain.encoder.apply_stem); 'timm': the model's own stem.")
+        "32-64 px images (pretrain.models.encoder.apply_stem); 'timm': the model's own stem.")
 
     @field_validator("model")
     @classmethod
@@ -57,29 +72,6 @@ class EncoderConfig(_Section):
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model {name!r}")
         return name
-
-
-class ObjectiveConfig(_Section):
-    name: str = Field("vicreg", description="Registered objective name.")
-    vicreg: VICRegConfig = Field(default_factory=VICRegConfig)
-    simclr: SimCLRConfig = Field(default_factory=SimCLRConfig)
-    essl: ESSLConfig = Field(default_factory=ESSLConfig)
-    care: CAREConfig = Field(default_factory=CAREConfig)
-    sie: SIEConfig = Field(default_factory=SIEConfig)
-    seq_jepa: SeqJEPAConfig = Field(default_factory=SeqJEPAConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        from objectives.registry import objective_names
-
-        if name not in objective_names():
-            raise ValueError(f"unknown objective {name!r}; known: {', '.join(objective_names())}")
-        return name
-
-    def settings(self) -> BaseModel:
-        """The config section of the selected objective."""
-        return getattr(self, self.name)
 
 
 class OptimConfig(_Section):
@@ -114,7 +106,12 @@ class DeepSpeedConfig(_Section):
 class ClusterConfig(_Section):
     address: str | None = Field(None, description="Ray address; None starts an embedded local Ray.")
     num_workers: int = Field(1, ge=1)
-    cpus_per_worker: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(
+        2, ge=1, description="Cores each training worker asks Ray for; its loader processes and "
+        "torch threads are counted in them (see pretrain.train.resources).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads per training worker. None: the cores left to it "
+        "after the loader processes (at least 1).")
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts; -1 = unlimited.")
     storage_path: str = Field(".pretrain/runs", description="Checkpoints: local path or s3:// URI "
@@ -182,15 +179,21 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
 
-    @model_validator(mode="after")
-    def _recipe_matches_objective(self) -> "RunConfig":
-        from objectives.registry import get_spec
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # Keys moved from augment to the objective that owns them (pretrain.config.objective).
+        return move_renamed_keys(data)
 
-        wanted = get_spec(self.objective.name).objective_cls.view_recipe
-        if self.augment.recipe != wanted:
-            # The recipe follows the objective unless the user picked one on purpose.
-            if "recipe" not in self.augment.model_fields_set:
-                self.augment.recipe = wanted
+    @model_validator(mode="after")
+    def _views_follow_objective(self) -> "RunConfig":
+        # The recipe follows the objective unless the user picked one on purpose; the settings
+        # the recipe shares with an objective (e.g. objective.care.chunk_size) reach the
+        # augmenter through augment's excluded fields of the same name.
+        if "recipe" not in self.augment.model_fields_set:
+            self.augment.recipe = self.objective.objective_cls().view_recipe
+        for option, value in self.objective.recipe_options(self.augment.recipe).items():
+            setattr(self.augment, option, value)
         return self
 
     @model_validator(mode="after")

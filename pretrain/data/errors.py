@@ -13,14 +13,14 @@ class DataError(Exception):
     worker's traceback; the original message (its last line) is restored here, so the one line a
     user sees still names the shards.
 
-    The message is redacted here (:func:`pretrain.config.redact.redact_text`), once for every
+    The message is redacted here (:func:`pretrain.trust.redact.redact_text`), once for every
     place that raises: shard URLs may carry a token or ``user:pass@``, and this line reaches the
     terminal, the Ray logs and the job's failure reason.
     """
 
     def __init__(self, *args: object) -> None:
         if len(args) == 1 and isinstance(args[0], str):
-            from pretrain.config.redact import redact_text  # lazy: pretrain.config imports us
+            from pretrain.trust.redact import redact_text  # lazy: pretrain.config imports us
 
             args = (redact_text(_original_message(args[0])),)
         super().__init__(*args)

@@ -2,8 +2,8 @@
 
 A shard set is a folder (or URL pattern) of webdataset ``.tar`` files. Each sample holds:
 
-- one image per view: ``view{i}.png`` for synthetic 3D objects (``i`` in ``0..V-1``), or a single
-  ``jpg``/``jpeg``/``png`` image (imported folders, CIFAR-10);
+- one image per view: ``view{i}.png`` (or ``view{i}.jpg``) for synthetic 3D objects (``i`` in
+  ``0..V-1``), or a single ``jpg``/``jpeg``/``png`` image (imported folders, CIFAR-10);
 - ``cls``: the class index as ASCII text (absent for unlabeled data);
 - ``latents.json`` (synthetic 3D only): per-view ground truth, see ``LATENT_KEYS``.
 
@@ -32,9 +32,10 @@ LATENTS_KEY = "latents.json"
 LATENT_KEYS = ("quaternion", "object_hue", "background_hue", "light_dir")
 
 
-def view_key(view: int) -> str:
-    """Sample key of view ``view`` in a multi-view (synthetic 3D) sample."""
-    return f"view{view}.png"
+def view_key(view: int, ext: str = "png") -> str:
+    """Sample key of view ``view`` in a multi-view (synthetic 3D) sample: ``view{i}.png``, or
+    ``view{i}.jpg`` for sets rendered as JPEG."""
+    return f"view{view}.{ext}"
 
 
 @dataclass

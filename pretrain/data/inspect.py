@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.data.decode import BadSample, available_views, decode_sample
+from pretrain.data.decode import available_views, decode_sample
+from pretrain.data.image import BadSample
 from pretrain.data.errors import DataError
 from pretrain.data.format import IMAGE_EXTENSIONS
 from pretrain.data.index import shard_counts

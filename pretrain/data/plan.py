@@ -7,7 +7,9 @@ are not served this epoch). A rank serves ``steps = n_rank // batch_size`` batch
 every rank so no collective can wait on a rank that ran out. Rank batch ``b`` is served by loader
 worker ``b % num_workers`` (the order in which torch's DataLoader takes batches from the workers
 of an IterableDataset), so worker ``w`` serves ``len(range(w, steps, num_workers))`` batches
-from its own contiguous slice of the rank's range.
+from its own contiguous slice of the rank's range. (The run's persistent loader, whose worker
+processes go on from epoch to epoch, maps its loader workers onto these plan workers anew in
+each epoch: ``pretrain.data.reader.EndlessStream``.)
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 TRANSFORMS_2D = ("crop", "flip", "rotation", "brightness", "contrast", "saturation", "hue",
                  "grayscale", "blur")
 TRANSFORMS_3D = ("object_rotation", "object_hue", "light")
+# Ridge penalties (on standardised inputs) tried by default; cross-validation picks one.
+RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 
 
 class ProbesConfig(BaseModel):
@@ -43,6 +45,9 @@ class ProbesConfig(BaseModel):
 
     transforms: list[str] = Field(default_factory=lambda: [*TRANSFORMS_2D, *TRANSFORMS_3D],
                                   description="Transformations for invariance and equivariance.")
+    part_transforms: list[str] | None = Field(
+        None, description="Transformations probed on an objective's named parts "
+        "(Objective.probe_features, e.g. SIE's halves); None: the same as transforms.")
     pairs_train: int = Field(192, ge=4, description="Probe-train images transformed per T "
                              "(regressor training pairs).")
     pairs_test: int = Field(128, ge=4, description="Probe-test images transformed per T "
@@ -58,9 +63,11 @@ class ProbesConfig(BaseModel):
     knn_temperature: float = Field(0.07, gt=0)
 
     ridge_alphas: list[float] = Field(
-        default_factory=lambda: [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5],
-        description="Ridge penalties tried (on standardised features); best by 5-fold CV.")
-    mlp: bool = Field(True, description="Also fit the MLP regressor (nonlinear equivariance).")
+        default_factory=lambda: list(RIDGE_ALPHAS),
+        description="Ridge penalties tried (on standardised features); best by 5-fold CV. The "
+        "MLP read-out's linear path uses them too.")
+    mlp: bool = Field(True, description="Also fit the MLP regressor (the ridge read-out plus an "
+                      "MLP on its residual: nonlinear equivariance).")
     mlp_hidden: int = Field(128, ge=1)
     mlp_steps: int = Field(400, ge=1, description="Full-batch Adam steps.")
     mlp_lr: float = Field(3e-3, gt=0)
@@ -78,9 +85,11 @@ class ProbesConfig(BaseModel):
     online_pairs: int = Field(48, ge=4, description="Online probes: pairs per split and T.")
     online_mlp: bool = Field(False, description="Online probes: fit the MLP regressor too.")
 
-    @field_validator("transforms")
+    @field_validator("transforms", "part_transforms")
     @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
+    def _known(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return names
         known = (*TRANSFORMS_2D, *TRANSFORMS_3D)
         unknown = [n for n in names if n not in known]
         if unknown:

@@ -38,7 +38,7 @@ class Preprocess:
 
     @staticmethod
     def from_info(info) -> "Preprocess":
-        """From a ``pretrain.encoder.EncoderInfo`` (the training-time description)."""
+        """From a ``pretrain.models.encoder.EncoderInfo`` (the training-time description)."""
         return Preprocess(mean=tuple(info.mean), std=tuple(info.std), size=int(info.input_size))
 
 
@@ -86,3 +86,24 @@ def encode(encoder: nn.Module, images: Tensor, *, pre: Preprocess | None = None,
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def apply_head(head: nn.Module, features: Tensor, *, device: torch.device | str = "cpu",
+               batch_size: int = 1024) -> Tensor:
+    """``head`` (an objective's named part, ``Objective.probe_features``) over backbone
+    ``features`` ``N x D``: ``N x D'`` (float32, CPU), in eval mode and batched like
+    ``encode``. Every submodule's mode is restored afterwards, not only the head's: a head may
+    hold a training objective whose mode it does not share."""
+    modes = [(module, module.training) for module in head.modules()]
+    head.eval()
+    dtype = _param_dtype(head)
+    out = []
+    try:
+        for start in range(0, features.shape[0], batch_size):
+            part = head(features[start:start + batch_size].to(device, dtype))
+            out.append(part.reshape(part.shape[0], -1).float().cpu())
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return torch.cat(out) if out else torch.empty(0, 0)

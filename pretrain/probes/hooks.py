@@ -1,9 +1,9 @@
-"""Where probes attach to a training run: online on rank 0, and the full suite at the end."""
+"""Where probes attach to a training run: the online pass on rank 0 (the end-of-run pass over the
+exported encoder is a use case: ``pretrain.workflows.probe.end_of_run_probes``)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +12,6 @@ from pretrain.probes.config import ProbesConfig
 from pretrain.probes.features import Preprocess
 from pretrain.probes.probeset import ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
-from pretrain.progress import progress_lines
 
 
 class OnlineProber:
@@ -42,27 +41,3 @@ class OnlineProber:
         self.seconds += time.perf_counter() - start
         return metrics
 
-
-def end_of_run_probes(cfg: ProbesConfig, encoder_dir: str | Path, tracking_uri: str, run_id: str,
-                      step: int) -> dict[str, float]:
-    """The full suite on the exported encoder (loaded like a user would), logged to the run at
-    ``step`` with the invariance-profile PNG."""
-    from pretrain.hub import load_encoder
-    from pretrain.probes.offline import log_probe_results
-
-    encoder = load_encoder(encoder_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    probe_set = load_probe_set(cfg.data, cfg)
-    metrics = run_probe_suite(encoder, probe_set, cfg, device, preprocess=Preprocess.of(encoder),
-                              progress=progress_lines(f"probe suite (step {step})"))
-    log_probe_results(tracking_uri, run_id, metrics, step=step,
-                      subtitle=f"step {step}, probe data {cfg.data}")
-    return metrics
-
-
-def summary_tags(metrics: dict[str, float]) -> dict[str, str]:
-    """Headline probe metrics as model-version tags (accuracies, RankMe, collapse); the
-    per-transformation profile is in the model card and the run (``pretrain.probes.profile``)."""
-    from pretrain.probes.profile import headline_tags
-
-    return headline_tags(metrics)

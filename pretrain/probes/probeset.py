@@ -5,7 +5,9 @@ A ``ProbeSet`` comes from shards (read in stream order, capped, deterministic) o
 - ``synth3d``: synthetic 3D objects rendered once into ``cache_dir`` with a seed the pretraining
   data does not use (held-out objects); the first ``max_train`` objects are probe-train, the next
   ``max_test`` probe-test, so the two splits never share an object.
-- ``cifar10``: the shards at ``<repo>/../shared/data/cifar10`` (its own train/test files).
+- ``cifar10``: the CIFAR-10 shards (its own ``train-*``/``test-*`` files) in the folder named
+  by ``$PRETRAIN_CIFAR10_DIR``; without it, a source checkout's ``../shared/data/cifar10``
+  (the development default, see :func:`cifar10_dir`).
 
 Any other source is a shard folder or pattern; a local folder holding ``train-*.tar`` and
 ``test-*.tar`` is split by file name, anything else by position (``test_every``).
@@ -13,10 +15,10 @@ Any other source is a shard folder or pattern; a local folder holding ``train-*.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import pretrain
-from pretrain.data.decode import BadSample, decode_sample
+from pretrain.data.decode import decode_sample
+from pretrain.data.image import BadSample
 from pretrain.data.errors import DataError
 from pretrain.data.format import LATENTS_KEY
 from pretrain.data.index import open_source
@@ -37,10 +39,33 @@ from pretrain.probes.config import ProbesConfig
 
 log = logging.getLogger("pretrain.probes")
 
-CIFAR10_DIR = Path(pretrain.__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+CIFAR10_ENV = "PRETRAIN_CIFAR10_DIR"
+# The development default only: where the shards sit beside a source checkout (the workspace's
+# shared data folder). An installed package has no such neighbour; it needs $PRETRAIN_CIFAR10_DIR.
+DEV_CIFAR10_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10"
 PRESETS = ("synth3d", "cifar10")
 # Per-sample latents a ProbeSet needs to re-render an object (3D transformations).
 LATENTS_3D = ("quaternion", "object_hue", "background_hue", "light_dir", "shape_params")
+
+
+def cifar10_dir() -> Path:
+    """The folder of the ``cifar10`` preset: ``$PRETRAIN_CIFAR10_DIR`` when set, else
+    ``DEV_CIFAR10_DIR``. Read at each call, so the setting can change within a process."""
+    configured = os.environ.get(CIFAR10_ENV, "").strip()
+    return Path(configured).expanduser() if configured else DEV_CIFAR10_DIR
+
+
+def cifar10_split() -> tuple[list[str], list[str]]:
+    """The ``cifar10`` preset's train and test shard files; a ``DataError`` (one line, naming
+    the setting) when the folder or its ``train-*.tar``/``test-*.tar`` files are missing."""
+    folder = cifar10_dir()
+    split = _split_files(folder) if folder.is_dir() else None
+    if split is None:
+        where = (f"${CIFAR10_ENV}={folder}" if os.environ.get(CIFAR10_ENV, "").strip()
+                 else f"{folder} (the development default)")
+        raise DataError(f"CIFAR-10 shards (train-*.tar and test-*.tar) not found in {where}; set "
+                        f"${CIFAR10_ENV} to the folder that holds them")
+    return split
 
 
 @dataclass
@@ -211,8 +236,7 @@ def synth3d_probe_dir(cfg: ProbesConfig) -> tuple[Path, Synth3DConfig]:
                         instances_per_class=math.ceil(total / cfg.synth3d_classes), views=1,
                         size=cfg.synth3d_size, seed=cfg.synth3d_seed, shard_size=256,
                         max_angle_deg=cfg.synth3d_max_angle_deg)
-    digest = hashlib.sha256(json.dumps(gen.model_dump(mode="json"), sort_keys=True).encode())
-    return Path(cfg.cache_dir).resolve() / f"probe-synth3d-{digest.hexdigest()[:10]}", gen
+    return Path(cfg.cache_dir).resolve() / f"probe-synth3d-{gen.cache_key()}", gen
 
 
 def synth3d_probe_set(cfg: ProbesConfig) -> ProbeSet:
@@ -237,9 +261,7 @@ def load_probe_set(data: str, cfg: ProbesConfig) -> ProbeSet:
     common = dict(max_train=cfg.max_train, max_test=cfg.max_test, image_size=cfg.image_size,
                   test_every=cfg.test_every, seed=cfg.seed)
     if data == "cifar10":
-        if not CIFAR10_DIR.is_dir():
-            raise DataError(f"CIFAR-10 shards not found at {CIFAR10_DIR}")
-        train, test = _split_files(CIFAR10_DIR) or ([], [])
+        train, test = cifar10_split()
         return probe_set_from_shards(train, test, name="cifar10", **common)
     folder = Path(data)
     split = _split_files(folder) if folder.is_dir() else None

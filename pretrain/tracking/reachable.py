@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from pretrain.config.redact import redact_text, strip_userinfo
+from pretrain.trust.redact import redact_text, strip_userinfo
 
 REACHABLE_TIMEOUT_S = 10.0  # one try: a refused connection fails at once, silence after this
 

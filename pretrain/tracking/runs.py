@@ -1,4 +1,5 @@
-"""Driver-side MLflow: resolve the store, and create or find the one run of a job."""
+"""Driver-side MLflow: resolve the store, and create or find the one run of a job (which
+:func:`pretrain.tracking.context.ending_run` closes)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pretrain.config.load import ConfigError
+from pretrain.config.objective import renamed_params
 
 RUN_NAME_TAG = "pretrain.run_name"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 # Config keys a resumed run may change: they decide what is logged, probed, kept or registered,
 # or when this invocation stops, but not what the trained weights are.
+# Settings a resumed run may change without --allow-config-change: where it logs, how long it
+# runs, and the resources of the workers (the data order does not follow data.num_workers on
+# resume: the checkpoint keeps the loader count the run started with).
 RESUMABLE_CHANGES = ("train.max_steps", "tracking.", "probes.", "registry.",
                      "data.max_skip_frac", "checkpoint.keep", "cluster.address",
-                     "cluster.max_failures")
+                     "cluster.max_failures", "cluster.cpus_per_worker", "cluster.torch_threads",
+                     "data.num_workers")
 CONFIG_CHANGE_FLAG = "--allow-config-change"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -76,7 +82,9 @@ def config_changes(stored: dict[str, str], params: dict[str, str]) -> dict[str, 
     one side has, such as settings added to the code since, are not compared). Generated
     synthetic data is the same data wherever its cache folder is (its folder name is the digest
     of its settings, which are compared themselves): a job re-run from another working directory
-    or Ray session resolves ``data.path`` elsewhere."""
+    or Ray session resolves ``data.path`` elsewhere. Stored keys renamed since compare under
+    their new names (:func:`pretrain.config.objective.renamed_params`)."""
+    stored = renamed_params(stored)
     changes = {}
     for key, value in params.items():
         old, new = stored.get(key), value[:MAX_PARAM_CHARS]
@@ -147,10 +155,6 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
     MlflowClient(tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
-def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
-
-
 def ui_command(tracking_uri: str) -> str:
     """The shell command that opens the MLflow UI on this store."""
     store = local_store_paths(tracking_uri)
@@ -161,6 +165,6 @@ def ui_command(tracking_uri: str) -> str:
             f"--default-artifact-root {artifacts.as_uri()} --port 5000")
 
 
-__all__ = ["RUN_NAME_TAG", "end_run",
+__all__ = ["RUN_NAME_TAG",
            "ensure_experiment", "find_run_by_name", "local_store_paths",
            "resolve_tracking_uri", "set_tags", "start_or_resume_run", "ui_command", "mlflow"]

@@ -50,6 +50,10 @@ class TrainState:
 
     step: int = 0
     mlflow_run_id: str | None = None
+    # The data order depends on how many loader processes split a rank's shards; a resumed run
+    # keeps the count it started with even where the derived count would differ (another device
+    # kind, other cores). None: a checkpoint from before the count was recorded.
+    loader_workers: int | None = None
 
 
 def safe_load(path: str | Path, map_location=None, *, mmap: bool = False,

@@ -20,15 +20,16 @@ import torch.distributed as dist
 from augment.pipeline import ViewAugmenter
 from objectives.registry import build_objective
 from pretrain.config.schema import RunConfig
-from pretrain.data.reader import make_loader
-from pretrain.export import write_encoder
+from pretrain.data.gpu_decode import resolve_gpu_decode
+from pretrain.data.reader import EndlessLoader, make_endless_loader
+from pretrain.models.folder import write_encoder
 from pretrain.train import checkpoint, resume
 from pretrain.train.engine import build_engine
 from pretrain.train.plan import TrainingPlan, plan_training
-from pretrain.train.seeding import derive_seed, generator_for
-from pretrain.train.step import RunningMeans, StepHealth, make_views, train_step
+from pretrain.train.resources import cpu_split
+from pretrain.train.step import RunningMeans, StepHealth, run_step
 from pretrain.train.store import CheckpointStore
-from pretrain.encoder import EncoderInfo, build_encoder
+from pretrain.models.encoder import EncoderInfo, build_encoder
 
 log = logging.getLogger("pretrain.train")
 
@@ -82,6 +83,7 @@ def fit(cfg: RunConfig, ctx: WorkerContext, store: CheckpointStore, *, tracking_
         from pretrain.probes.hooks import OnlineProber
 
         prober = OnlineProber(cfg.probes, Preprocess.from_info(info), ctx.device)
+    state.loader_workers = _loader_workers(cfg, ctx, state.loader_workers)
     try:
         _train(cfg, ctx, plan, engine, augmenter, state, store, info, metrics, prober)
     finally:
@@ -97,19 +99,18 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, store, info, 
     window = _Window()
     step_health = StepHealth(int(getattr(engine, "skipped_steps", 0)))  # restored on resume
     started = time.perf_counter()
-    while state.step < plan.stop_step:
-        epoch, skip = divmod(state.step, plan.steps_per_epoch)
-        for batch, waited in timed_batches(epoch_batches(cfg, ctx, plan, epoch, skip)):
-            if state.step >= plan.stop_step:
-                break
+    if state.step >= plan.stop_step:
+        return
+    with open_loader(cfg, ctx, plan, start_step=state.step,
+                     loader_workers=state.loader_workers) as loader:
+        for batch, waited in timed_batches(loader):
+            epoch = batch.epoch
+            if epoch * plan.steps_per_epoch + batch.index != state.step:
+                raise RuntimeError(f"the loader served epoch {epoch} batch {batch.index} at step "
+                                   f"{state.step} ({plan.steps_per_epoch} steps per epoch)")
             batch = batch.to(ctx.device)
-            # Dropout, drop-path and any other draw from torch's global generator: seeded per
-            # (seed, step, rank) so a resumed run replays the same randomness.
-            torch.manual_seed(derive_seed(cfg.seed, "step", state.step, ctx.rank))
-            views = make_views(augmenter, batch, generator_for(cfg.seed, "augment", state.step,
-                                                               ctx.rank))
-            out = train_step(engine, views)
-            engine.module.on_step_end(state.step, plan.total_steps)
+            out = run_step(engine, augmenter, batch, seed=cfg.seed, step=state.step,
+                           rank=ctx.rank, total_steps=plan.total_steps)
             state.step += 1
             running.add({"loss/total": out.loss, **{f"loss/{k}": v for k, v in out.terms.items()}})
             window.add(waited, batch)
@@ -136,6 +137,8 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, store, info, 
                     metrics.log_metrics(state.step, probe_values)
             if state.step % cfg.checkpoint.every_steps == 0 or last:
                 _checkpoint(engine, state, store, info, cfg, ctx, metrics)
+            if last:
+                break  # the loader is endless: the run's plan decides where it stops
 
 
 def progress_line(step: int, stop: int, values: dict[str, float], images_per_step: float) -> str:
@@ -149,24 +152,41 @@ def progress_line(step: int, stop: int, values: dict[str, float], images_per_ste
             f"ETA {eta_text}")
 
 
-def epoch_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan, epoch: int,
-                   skip: int) -> Iterator:
-    loader, _ = make_loader(
+def _loader_workers(cfg: RunConfig, ctx: WorkerContext, started_with: int | None) -> int:
+    """This worker's loader processes: the count the run started with when its checkpoint
+    records one (the data order depends on it), else ``cpu_split``'s."""
+    derived = cpu_split(cfg, accelerated=ctx.device.type != "cpu").loader_workers
+    if started_with is not None and started_with != derived:
+        log.warning("rank %d: resuming with the %d loader process(es) the run started with, not "
+                    "%d, so that the data order stays the same", ctx.rank, started_with, derived)
+        return started_with
+    return derived
+
+
+def open_loader(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan, *,
+                start_step: int = 0, loader_workers: int | None = None) -> EndlessLoader:
+    """The run's one persistent loader for this worker, from global step ``start_step`` on (see
+    ``pretrain.data.reader.make_endless_loader``), with ``cfg``'s data settings and the loader
+    processes of ``pretrain.train.resources.cpu_split`` unless ``loader_workers`` says. With ``data.gpu_decode`` on a CUDA
+    device the batches hold undecoded JPEGs that ``batch.to(device)`` decodes there. Close it
+    (or use ``with``)."""
+    if loader_workers is None:
+        loader_workers = cpu_split(cfg, accelerated=ctx.device.type != "cpu").loader_workers
+    return make_endless_loader(
         plan.urls, plan.counts, world_size=ctx.world_size, rank=ctx.rank,
-        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-        image_size=cfg.data.image_size, views=cfg.data.views, seed=cfg.seed, epoch=epoch,
-        skip_batches=skip, shuffle_buffer=cfg.data.shuffle_buffer,
-        max_skip_frac=cfg.data.max_skip_frac)
-    return iter(loader)
+        batch_size=cfg.data.batch_size, num_workers=loader_workers,
+        image_size=cfg.data.image_size, views=cfg.data.views, seed=cfg.seed,
+        start_step=start_step, shuffle_buffer=cfg.data.shuffle_buffer,
+        max_skip_frac=cfg.data.max_skip_frac, pin_memory=ctx.device.type == "cuda",
+        keep_encoded=resolve_gpu_decode(cfg.data.gpu_decode, ctx.device))
 
 
 def endless_batches(cfg: RunConfig, ctx: WorkerContext, plan: TrainingPlan) -> Iterator:
     """``(batch, seconds waited)`` over epoch after epoch, in a real run's data order (for
-    benchmarks that train for a time budget instead of a step count)."""
-    epoch = 0
-    while True:
-        yield from timed_batches(epoch_batches(cfg, ctx, plan, epoch=epoch, skip=0))
-        epoch += 1
+    benchmarks that train for a time budget instead of a step count); the loader's processes
+    stop when the generator is closed or collected."""
+    with open_loader(cfg, ctx, plan) as loader:
+        yield from timed_batches(loader)
 
 
 def timed_batches(batches: Iterator) -> Iterator:

@@ -1,9 +1,11 @@
-"""One optimisation step and the running means logged every N steps."""
+"""The one training step every caller runs (the loop, ``pretrain bench``, the benchmark scripts)
+and the running means logged every N steps."""
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -12,18 +14,51 @@ from augment.batch import ViewBatch
 from objectives.base import LossOutput
 from pretrain.data.format import ShardBatch
 from pretrain.train.precision import engine_guard
+from pretrain.train.seeding import derive_seed, generator_for
 
+if TYPE_CHECKING:  # annotations only: importing DeepSpeed costs seconds
+    from deepspeed import DeepSpeedEngine
+
+    from augment.pipeline import ViewAugmenter
 
 log = logging.getLogger("pretrain.train")
 
 
-def make_views(augmenter, batch: ShardBatch, generator: torch.Generator) -> ViewBatch:
+def make_views(augmenter: ViewAugmenter, batch: ShardBatch, generator: torch.Generator
+               ) -> ViewBatch:
     """Augment a device-resident batch and attach its labels and latents."""
     return augmenter(batch.images, generator, labels=batch.labels, latents=batch.latents or None)
 
 
-def train_step(engine, views: ViewBatch) -> LossOutput:
-    """Forward, backward and optimizer/LR step through the DeepSpeed engine."""
+def run_step(engine: DeepSpeedEngine, augmenter: ViewAugmenter, batch: ShardBatch, *, seed: int,
+             step: int, rank: int, total_steps: int) -> LossOutput:
+    """Training step ``step`` of ``rank`` on a device-resident ``batch``: the whole step as the
+    training loop, ``pretrain bench`` and the benchmarks run it.
+
+    1. torch's global generator is seeded from ``(seed, "step", step, rank)``, so dropout,
+       drop-path and any other draw from it replay exactly after a resume;
+    2. the views are made with the generator of ``(seed, "augment", step, rank)``;
+    3. ``step_on_views``: forward (under the bf16 guard), backward, optimizer/LR step, then the
+       objective's ``on_step_end`` (seq-JEPA's EMA target update).
+    """
+    torch.manual_seed(derive_seed(seed, "step", step, rank))
+    views = make_views(augmenter, batch, generator_for(seed, "augment", step, rank))
+    return step_on_views(engine, views, step=step, total_steps=total_steps)
+
+
+def step_on_views(engine: DeepSpeedEngine, views: ViewBatch, *, step: int, total_steps: int
+                  ) -> LossOutput:
+    """The part of ``run_step`` after the views exist: ``train_step``, then the objective's
+    per-step hook. Called alone only where the views are fixed on purpose (``pretrain
+    bench``'s compute-only mode, which times the step without its input)."""
+    out = train_step(engine, views)
+    engine.module.on_step_end(step, total_steps)
+    return out
+
+
+def train_step(engine: DeepSpeedEngine, views: ViewBatch) -> LossOutput:
+    """Forward, backward and optimizer/LR step through the DeepSpeed engine (no objective hook:
+    callers that train use ``run_step`` or ``step_on_views``)."""
     with engine_guard(engine):
         out: LossOutput = engine(views)
     engine.backward(out.loss)

@@ -3,7 +3,9 @@
 Sample ``i`` is object ``i // classes`` of class ``i % classes`` (classes interleave, so every
 shard is class-balanced). Its latents come from a generator seeded by ``(seed, i)`` only, so a
 sample never depends on batch sizes or on the other samples, and the same seed gives the same PNG
-bytes (the renderer is per-pixel deterministic too).
+bytes (the renderer is per-pixel deterministic too). ``image_format="jpeg"`` stores the views as
+``view{i}.jpg`` instead (``jpeg_quality``): the fast-decoding form of the 224 px benchmark
+(``configs/bench224.yaml`` renders 256 px JPEG views on the spot).
 
 What varies per view (3DIEBench varies the pose per view): the rotation always. By default the
 object hue, background hue and light are fixed per *object* so that views differ by rotation only
@@ -16,6 +18,8 @@ docs/results.md); the ``configs/*-synth3d.yaml`` turn all three on.
 
 from __future__ import annotations
 
+import hashlib
+
 import io
 import json
 import logging
@@ -23,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -67,6 +71,20 @@ class Synth3DConfig(BaseModel):
     light_jitter_deg: float = Field(30.0, ge=0, le=90, description="light tilted by at most this")
     light_per_view: bool = Field(False, description="sample the light per view, not per object")
     render_batch_views: int = Field(512, ge=1, description="views per render call (speed only)")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="how views are stored: png (lossless) or jpeg (several times faster "
+                           "to decode; decodable on the GPU with data.gpu_decode)")
+    jpeg_quality: int = Field(90, ge=1, le=95, description="JPEG quality with image_format=jpeg")
+
+    def cache_key(self) -> str:
+        """Ten hex digits of the SHA-256 of the settings: the name of the folder a rendered set is
+        cached in. The storage format entered the settings after sets had been cached, so it
+        counts only when it is not the original PNG (and the JPEG quality only for JPEG): the
+        folders of existing PNG sets keep their names, and runs on them still resume."""
+        settings = self.model_dump(mode="json")
+        if settings["image_format"] == "png":
+            del settings["image_format"], settings["jpeg_quality"]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "Synth3DConfig":
@@ -199,14 +217,28 @@ def render_samples(samples: list[SampleLatents], size: int,
 
 def encode_png(image: Tensor) -> bytes:
     """PNG bytes of a ``uint8`` ``3 x H x W`` image."""
+    return encode_view(image, "png")
+
+
+def encode_view(image: Tensor, image_format: str = "png", quality: int = 90) -> bytes:
+    """``png`` or ``jpeg`` (baseline, 4:2:0, ``quality``) bytes of a ``uint8`` ``3 x H x W``
+    image."""
     buf = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
+    img = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    if image_format == "jpeg":
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def sample_files(latents: SampleLatents, views: Tensor) -> dict[str, bytes]:
-    """The webdataset files of one sample (``pretrain.data.format``): PNG per view, cls, latents."""
-    files = {view_key(i): encode_png(img) for i, img in enumerate(views)}
+def sample_files(latents: SampleLatents, views: Tensor, image_format: str = "png",
+                 quality: int = 90) -> dict[str, bytes]:
+    """The webdataset files of one sample (``pretrain.data.format``): an image per view
+    (``view{i}.png``, or ``view{i}.jpg`` for ``image_format="jpeg"``), cls, latents."""
+    ext = "jpg" if image_format == "jpeg" else "png"
+    files = {view_key(i, ext): encode_view(img, image_format, quality)
+             for i, img in enumerate(views)}
     files[CLASS_KEY] = str(latents.class_id).encode("ascii")
     files[LATENTS_KEY] = json.dumps(latents.to_json()).encode("utf-8")
     return files
@@ -257,7 +289,8 @@ def generate_synth3d(cfg: Synth3DConfig, out_dir: str | Path,
             batch = [sample_latents(cfg, i) for i in range(first, min(first + per_batch, total))]
             images = render_samples(batch, cfg.size)
             for latents, views in zip(batch, images):
-                writer.write(f"{latents.index:08d}", sample_files(latents, views))
+                writer.write(f"{latents.index:08d}", sample_files(
+                    latents, views, cfg.image_format, cfg.jpeg_quality))
             progress(first + len(batch), total)
     seconds = time.perf_counter() - start
     views = total * cfg.views

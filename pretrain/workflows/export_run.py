@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
 
-from pretrain.export import ExportError
-from pretrain.registry import RegisteredEncoder, log_and_register
+from pretrain.models.folder import ExportError
+from pretrain.models.model_registry import RegisteredEncoder, log_and_register
 from pretrain.tracking.runs import resolve_tracking_uri
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.store import CheckpointRejected, Found

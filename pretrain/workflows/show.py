@@ -1,7 +1,7 @@
 """``pretrain show RUN_OR_MODEL_URI``: a run's headline figures and invariance profile in the
 terminal, and where its profile PNG is.
 
-    from pretrain.probes.show import show_run, format_view
+    from pretrain.workflows.show import show_run, format_view
     print(format_view(show_run("models:/invariant-encoder/latest")))
 
 The source is a run id, a run name (``name=`` of ``pretrain run``), ``runs:/RUN_ID/...``, or
@@ -19,8 +19,8 @@ from urllib.request import url2pathname
 
 from mlflow.tracking import MlflowClient
 
-from pretrain.export import ExportError
-from pretrain.probes.offline import PROFILE_PNG
+from pretrain.models.folder import ExportError
+from pretrain.probes.report import PROFILE_PNG
 from pretrain.probes.profile import (
     HEADLINE_LABELS,
     ProfileRow,
@@ -29,7 +29,7 @@ from pretrain.probes.profile import (
     profile_rows,
     profile_text,
 )
-from pretrain.registry import VERSION_TAG
+from pretrain.models.model_registry import VERSION_TAG
 from pretrain.tracking.runs import RUN_NAME_TAG, resolve_tracking_uri
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -50,7 +50,7 @@ class RunView:
 def _find_run(client: MlflowClient, source: str):
     from mlflow.exceptions import MlflowException
 
-    from pretrain.hub import model_version
+    from pretrain.models.loading import model_version
 
     model = None
     if source.startswith("models:/"):

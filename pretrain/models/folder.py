@@ -13,7 +13,7 @@ top-level keys it does not know, so the project's provenance (format, objective,
 fingerprint, run id, step, SHA-256 of the weights, encoder stem) lives under
 ``"invariant_pretrain"``. The folder can be uploaded to a model hub as it is.
 
-Encoders are exported with ``num_classes=0``; finetuned classifiers (``pretrain.classifier``)
+Encoders are exported with ``num_classes=0``; finetuned classifiers (``pretrain.models.classifier``)
 with their head and ``label_names``. Folders in the first format (``invariant-pretrain-encoder/1``,
 our own schema) are still read.
 """
@@ -30,7 +30,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from pretrain.encoder import EncoderInfo
+from pretrain.models.encoder import EncoderInfo
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -158,8 +158,8 @@ def write_encoder(encoder: nn.Module, info: EncoderInfo, out_dir: str | Path, *,
     """Write the encoder's weights and its timm-native description; returns ``out_dir``.
 
     ``data`` is the shard source trained on; the folder records its portable spec and
-    fingerprint (``pretrain.provenance``), never the training machine's path."""
-    from pretrain.provenance import data_provenance
+    fingerprint (``pretrain.models.provenance``), never the training machine's path."""
+    from pretrain.models.provenance import data_provenance
 
     provenance = {"format": FORMAT, "kind": "encoder", "objective": objective,
                   "data": data_provenance(data), "run_id": run_id, "step": step,

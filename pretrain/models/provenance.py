@@ -21,7 +21,7 @@ import hashlib
 import json
 from typing import Any
 
-from pretrain.config.redact import redact_text
+from pretrain.trust.redact import redact_text
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,8 +4,6 @@ rendering, and nothing here needs MLflow or Ray."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from pretrain.config.schema import RunConfig
@@ -18,9 +16,7 @@ def prepare_data(cfg: RunConfig, progress=None) -> RunConfig:
         return cfg
     from pretrain.data.synth3d import ensure_synth3d
 
-    settings = cfg.data.synth3d.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cfg.data.cache_dir).resolve() / f"synth3d-{digest}"
+    out = Path(cfg.data.cache_dir).resolve() / f"synth3d-{cfg.data.synth3d.cache_key()}"
     ensure_synth3d(cfg.data.synth3d, out, progress=progress)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out)})})
 

@@ -1,56 +1,46 @@
-"""Probe any exported encoder after the fact and log the result as its own MLflow run.
+"""``pretrain probe``: probe any exported encoder after the fact and log the result as its own
+MLflow run.
 
-    from pretrain.probes.offline import probe_model, compare_models
+    from pretrain.workflows.probe import probe_model, compare_models
     probe_model("models:/invariant-encoder@latest", data="synth3d")
     compare_models(["models:/invariant-encoder/1", "models:/invariant-encoder/2"])
 
 A probe run lives in the source run's experiment (when the source run is in this store) and is
 tagged with the source run id and model version, so the MLflow UI links the two; the model
-version gets a ``pretrain.probe.run_id`` tag pointing back. Encoders are loaded with
-``pretrain.hub.load_encoder`` (safetensors, never unpickled).
+version gets a ``pretrain.probe.run_id`` tag pointing back (both recorded by
+:mod:`pretrain.tracking.lineage`; the run opens and closes in :mod:`pretrain.tracking.context`).
+Encoders are loaded with ``pretrain.hub.load_encoder`` (safetensors, never unpickled).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from pretrain.export import read_config
-from pretrain.hub import load_encoder, model_version
+from pretrain.models.loading import load_encoder
+from pretrain.models.source import describe_source
 from pretrain.probes.config import ProbesConfig
-from pretrain.probes.features import REPRESENTATION
-from pretrain.probes.plots import plot_comparison, plot_invariance_profile
+from pretrain.probes.features import REPRESENTATION, Preprocess
+from pretrain.probes.report import log_probe_results, metric_batch
+from pretrain.probes.plots import plot_comparison
 from pretrain.probes.probeset import ProbeSet, load_probe_set
 from pretrain.probes.suite import run_probe_suite
-from pretrain.progress import Progress
+from pretrain.progress import Progress, progress_lines
 from pretrain.tracking.context import mlflow_run
-from pretrain.tracking.runs import ensure_experiment, resolve_tracking_uri
+from pretrain.tracking.lineage import EncoderSource, derived_experiment, lineage_tags, link_back
+from pretrain.tracking.runs import resolve_tracking_uri
 
-DEFAULT_EXPERIMENT = "invariant-pretrain"
-PROFILE_PNG = "probes/invariance_profile.png"
-COMPARISON_PNG = "probes/comparison.png"
 TAG = "pretrain.probe."
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """Where an encoder came from: its URI, a short label, and its run / model version."""
-
-    uri: str
-    label: str
-    run_id: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
+COMPARISON_PNG = "probes/comparison.png"
+COMPARISON_JSON = "probes/comparison.json"
 
 
 @dataclass(frozen=True)
@@ -60,7 +50,7 @@ class ProbeResult:
     run_id: str
     metrics: dict[str, float]
     artifacts: list[str]
-    source: SourceInfo
+    source: EncoderSource
 
 
 @dataclass(frozen=True)
@@ -68,36 +58,12 @@ class CompareResult:
     run_id: str
     metrics: dict[str, dict[str, float]]  # label -> probe metrics
     artifacts: list[str]
-    sources: list[SourceInfo]
-
-
-def describe_source(source: str | Path, tracking_uri: str) -> SourceInfo:
-    """Resolve the run and model version of a ``models:/``/``runs:/`` URI or an encoder folder."""
-    text = str(source)
-    if text.startswith("models:/"):
-        mv = model_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), text)
-        return SourceInfo(text, f"{mv.name}/v{mv.version}", mv.run_id or None, mv.name,
-                          str(mv.version))
-    if text.startswith("runs:/"):
-        run_id = text.removeprefix("runs:/").split("/", 1)[0]
-        return SourceInfo(text, f"run {run_id[:8]}", run_id)
-    config = read_config(Path(text), verify=False)
-    return SourceInfo(text, Path(text).resolve().name, config.run_id or None)
+    sources: list[EncoderSource]
 
 
 def metric_label(label: str) -> str:
     """``label`` with only characters MLflow allows in metric keys (for compare runs)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
-
-
-def _experiment(client: MlflowClient, tracking_uri: str, source_run: str | None,
-                experiment: str | None) -> str:
-    if experiment is None and source_run is not None:
-        try:
-            return client.get_run(source_run).info.experiment_id
-        except Exception:  # noqa: BLE001 - a run from another store: fall back to the default
-            pass
-    return ensure_experiment(client, experiment or DEFAULT_EXPERIMENT, tracking_uri)
 
 
 def _params(cfg: ProbesConfig, probe_set: ProbeSet) -> list[Param]:
@@ -107,33 +73,6 @@ def _params(cfg: ProbesConfig, probe_set: ProbeSet) -> list[Param]:
                "probe.set.test": str(int((~probe_set.train).sum())),
                "probe.set.image_size": str(probe_set.images.shape[-1])}
     return [Param(k, v[:6000]) for k, v in values.items()]
-
-
-def _metric_batch(metrics: dict[str, float], step: int, prefix: str = "") -> list[Metric]:
-    # NaN (e.g. invariance of a collapsed encoder) is not logged: MLflow stores it, but charts
-    # and comparisons of NaN mislead; the JSON artifact keeps every value.
-    now = int(time.time() * 1000)
-    return [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
-            if not math.isnan(v)]
-
-
-def log_probe_results(tracking_uri: str, run_id: str, metrics: dict[str, float], *,
-                      step: int = 0, title: str = "Invariance profile", subtitle: str = ""
-                      ) -> list[str]:
-    """Log ``metrics`` at ``step`` plus the invariance-profile PNG and a JSON copy of the metrics
-    into an existing run (also what the end-of-run probe pass can call). Returns artifact paths."""
-    client = MlflowClient(tracking_uri)
-    batch = _metric_batch(metrics, step)
-    for start in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[start:start + 1000])
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plot_invariance_profile(metrics, Path(tmp) / Path(PROFILE_PNG).name, title=title,
-                                      subtitle=subtitle)
-        client.log_artifact(run_id, str(png), str(Path(PROFILE_PNG).parent))
-    metrics_json = f"probes/metrics_step{step}.json"
-    client.log_dict(run_id, {"step": step, "representation": REPRESENTATION,
-                             "metrics": metrics}, metrics_json)
-    return [PROFILE_PNG, metrics_json]
 
 
 def _prepare_cfg(cfg: ProbesConfig | None, data: str, transforms: Sequence[str] | None
@@ -164,22 +103,16 @@ def probe_model(model_uri_or_dir: str | Path, data: str = "synth3d",
     probe_set = load_probe_set(cfg.data, cfg)
     metrics = run_probe_suite(encoder, probe_set, cfg, _device(device), progress=progress)
     client = MlflowClient(uri, registry_uri=uri)
-    tags = {f"{TAG}model_uri": source.uri, f"{TAG}data": cfg.data,
+    tags = {**lineage_tags(TAG, source), f"{TAG}data": cfg.data,
             f"{TAG}representation": REPRESENTATION,
             "mlflow.note.content": f"Probe of `{source.uri}` on `{cfg.data}`"
             + (f" (source run `{source.run_id}`)" if source.run_id else "")}
-    if source.run_id:
-        tags[f"{TAG}source_run_id"] = source.run_id
-    if source.model_version:
-        tags[f"{TAG}model_version"] = f"{source.model_name}/{source.model_version}"
-    with mlflow_run(client, _experiment(client, uri, source.run_id, experiment),
+    with mlflow_run(client, derived_experiment(client, uri, source.run_id, experiment),
                     run_name=f"probe {source.label}", tags=tags) as run_id:
         client.log_batch(run_id, params=_params(cfg, probe_set))
         artifacts = log_probe_results(uri, run_id, metrics, title=f"Invariance profile: "
                                       f"{source.label}", subtitle=f"probe data: {cfg.data}")
-    if source.model_version:
-        client.set_model_version_tag(source.model_name, source.model_version,
-                                     f"{TAG}run_id", run_id)
+    link_back(client, source, f"{TAG}run_id", run_id)
     return ProbeResult(run_id=run_id, metrics=metrics, artifacts=artifacts, source=source)
 
 
@@ -213,13 +146,13 @@ def compare_models(uris: Sequence[str | Path], data: str = "synth3d",
             f"{TAG}models": json.dumps([s.uri for s in sources]),
             f"{TAG}representation": REPRESENTATION}
     first_run = next((s.run_id for s in sources if s.run_id), None)
-    with mlflow_run(client, _experiment(client, uri, first_run, experiment),
+    with mlflow_run(client, derived_experiment(client, uri, first_run, experiment),
                     run_name=f"probe comparison ({len(sources)} models)", tags=tags) as run_id:
         params = _params(cfg, probe_set) + [Param(f"model.{i}", f"{n} = {s.uri}"[:6000])
                                             for i, (n, s) in enumerate(zip(names, sources))]
         client.log_batch(run_id, params=params[:100])
         batch = [m for name, metrics in results.items()
-                 for m in _metric_batch(metrics, 0, f"{metric_label(name)}/")]
+                 for m in metric_batch(metrics, 0, f"{metric_label(name)}/")]
         for start in range(0, len(batch), 1000):
             client.log_batch(run_id, metrics=batch[start:start + 1000])
         with tempfile.TemporaryDirectory() as tmp:
@@ -228,6 +161,21 @@ def compare_models(uris: Sequence[str | Path], data: str = "synth3d",
             client.log_artifact(run_id, str(png), str(Path(COMPARISON_PNG).parent))
         client.log_dict(run_id, {"representation": REPRESENTATION, "models": {
             n: {"uri": s.uri, "run_id": s.run_id, "metrics": results[n]}
-            for n, s in zip(names, sources)}}, "probes/comparison.json")
+            for n, s in zip(names, sources)}}, COMPARISON_JSON)
     return CompareResult(run_id=run_id, metrics=results,
-                         artifacts=[COMPARISON_PNG, "probes/comparison.json"], sources=sources)
+                         artifacts=[COMPARISON_PNG, COMPARISON_JSON], sources=sources)
+
+
+def end_of_run_probes(cfg: ProbesConfig, encoder_dir: str | Path, tracking_uri: str, run_id: str,
+                      step: int) -> dict[str, float]:
+    """The full suite on the exported encoder (loaded like a user would), logged to the run at
+    ``step`` with the invariance-profile PNG."""
+    encoder = load_encoder(encoder_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe_set = load_probe_set(cfg.data, cfg)
+    metrics = run_probe_suite(encoder, probe_set, cfg, device, preprocess=Preprocess.of(encoder),
+                              progress=progress_lines(f"probe suite (step {step})"))
+    log_probe_results(tracking_uri, run_id, metrics, step=step,
+                      subtitle=f"step {step}, probe data {cfg.data}")
+    return metrics
+

@@ -1,5 +1,5 @@
 """Finetuned classifiers on disk and in the Model Registry: the same timm-native folder as an
-encoder (``pretrain.export``), with ``num_classes=C`` and ``label_names``; no pickle anywhere.
+encoder (``pretrain.models.folder``), with ``num_classes=C`` and ``label_names``; no pickle anywhere.
 
 Plain timm opens it too: ``timm.create_model("local-dir:clf/", pretrained=True)``.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from pretrain.export import ExportError, ModelConfig, timm_config, write_model_files
-from pretrain.registry import register_folder
+from pretrain.models.folder import ExportError, ModelConfig, timm_config, write_model_files
+from pretrain.models.model_registry import register_folder
 
 CLASSIFIER_FORMAT = "invariant-pretrain-classifier/2"
 CLASSIFIER_ARTIFACT = "classifier"
@@ -45,7 +45,7 @@ def write_classifier(model: nn.Module, out_dir: str | Path, *, encoder: ModelCon
 
 
 def _load_dir(model_dir: Path) -> nn.Module:
-    from pretrain.hub import load_model_dir
+    from pretrain.models.loading import load_model_dir
 
     model = load_model_dir(model_dir)
     if getattr(model, "num_classes", 0) == 0:
@@ -55,7 +55,7 @@ def _load_dir(model_dir: Path) -> nn.Module:
 
 def load_classifier(source: str | Path, tracking_uri: str | None = None) -> nn.Module:
     """A finetuned classifier (timm model, eval mode) from a folder or an MLflow model URI."""
-    from pretrain.hub import pull
+    from pretrain.models.loading import pull
 
     if isinstance(source, Path) or ":/" not in str(source):
         return _load_dir(Path(source))
@@ -67,7 +67,7 @@ def register_classifier(tracking_uri: str, run_id: str, model_dir: str | Path, n
                         alias: str | None = None, tags: dict[str, str] | None = None,
                         description: str | None = None) -> RegisteredClassifier:
     """Upload ``model_dir`` to ``runs:/<run_id>/classifier`` and register it as a new version of
-    ``name`` (SHA-256 tags and model card as for encoders: ``pretrain.registry``)."""
+    ``name`` (SHA-256 tags and model card as for encoders: ``pretrain.models.model_registry``)."""
     version = register_folder(
         tracking_uri, run_id, model_dir, name, artifact_path=CLASSIFIER_ARTIFACT,
         model_description="Classifiers finetuned from invariant-pretrain encoders", alias=alias,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pretrain.export import (
+from pretrain.models.folder import (
     ARTIFACT_PATH,
     CARD_NAME,
     CONFIG_NAME,
@@ -18,7 +18,7 @@ from pretrain.export import (
     read_config,
     sha256_file,
 )
-from pretrain.hub import SHA256_TAGS
+from pretrain.models.loading import SHA256_TAGS
 
 # MLflow reserves the alias "latest" (set_registered_model_alias refuses it) and resolves
 # ``models:/NAME/latest`` to the newest version itself; ``pretrain.hub`` also accepts
@@ -46,7 +46,7 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     own route, which works inside the UI that shows the description."""
     route = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if tracking_uri.startswith(("http://", "https://")):
-        from pretrain.config.redact import strip_userinfo
+        from pretrain.trust.redact import strip_userinfo
 
         return f"{strip_userinfo(tracking_uri).rstrip('/')}/{route}"
     return route
@@ -59,10 +59,10 @@ def register_folder(tracking_uri: str, run_id: str, model_dir: str | Path, name:
     """Upload ``model_dir`` to ``runs:/<run_id>/<artifact_path>`` and register it as a new
     version of ``name``; returns the version. The version's source is the artifact folder itself
     (no MLmodel flavour, so pulling never unpickles). The version gets the files' SHA-256 as tags
-    (``pretrain.hub.SHA256_TAGS``: what pulls are checked against) and the model card as its
+    (``pretrain.models.loading.SHA256_TAGS``: what pulls are checked against) and the model card as its
     description; the card is also uploaded as the folder's ``README.md``. ``metrics`` default to
     the run's latest ``probe/...`` metrics."""
-    from pretrain.model_card import CardFacts, model_card
+    from pretrain.models.card import CardFacts, model_card
 
     config = read_config(model_dir)  # refuse to register files that fail their checksum
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pretrain.config.load import ConfigError, build_config, config_to_yaml, refuse_secrets
-from pretrain.config.redact import strip_userinfo
+from pretrain.trust.redact import strip_userinfo
 from pretrain.config.schema import RunConfig
 
 RAY_VERSION = "2.60.0"  # the Ray in the platform image (docker/Dockerfile); a test keeps them equal

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from pretrain.export import ModelConfig
+from pretrain.models.folder import ModelConfig
 from pretrain.probes.profile import (
     HEADLINE_LABELS,
     format_headline,
@@ -81,7 +81,7 @@ def _load_section(facts: CardFacts) -> str:
     if c.stem != "timm":
         stem_note = (f"\n\nThis encoder uses the `{c.stem}` stem, which timm cannot build from "
                      "`config.json` alone: with plain timm, apply "
-                     "`pretrain.encoder.apply_stem(model, \"cifar\")` before loading the weights "
+                     "`pretrain.models.encoder.apply_stem(model, \"cifar\")` before loading the weights "
                      "(`load_encoder` does this for you).")
     finetune = "" if c.num_classes else (
         '\nmodel = timm.create_model("local-dir:enc/", pretrained=True, num_classes=10)'

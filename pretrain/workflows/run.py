@@ -1,7 +1,7 @@
 """One pretraining job from Python: data -> MLflow run -> Ray Train -> export -> registry.
 
     from pretrain.config import load_config
-    from pretrain.run import run
+    from pretrain.workflows.run import run
     summary = run(load_config("configs/quickstart.yaml"))
 """
 
@@ -17,13 +17,14 @@ from pathlib import Path
 
 from pretrain.config.compat import data_problem
 from pretrain.config.load import ConfigError, config_to_yaml, flatten
-from pretrain.config.redact import redact_text
+from pretrain.trust.redact import redact_text
 from pretrain.config.schema import RunConfig
 from pretrain.data.errors import DataError
-from pretrain.data.prepare import prepare_data, prepare_probe_data
-from pretrain.export import read_config
-from pretrain.registry import VERSION_TAG, RegisteredEncoder, log_and_register
+from pretrain.workflows.prepare_data import prepare_data, prepare_probe_data
+from pretrain.models.folder import read_config
+from pretrain.models.model_registry import VERSION_TAG, RegisteredEncoder, log_and_register
 from pretrain.tracking import runs as tracking
+from pretrain.tracking.context import ending_run
 from pretrain.tracking.reachable import TrackingUnreachable, check_reachable
 from pretrain.tracking.metrics import UNSENT_FILE, read_unsent, send_missing
 from pretrain.train import checkpoint as ckpt
@@ -117,44 +118,41 @@ def run(cfg: RunConfig, progress=None, *, allow_config_change: bool = False) -> 
         log.info("%s MLflow run %s (%s)", "resuming" if resumed else "started", run_id,
                  redact_text(tracking_uri))
         final_step, encoder_dir, registered = _train_and_finish(cfg, tracking_uri, run_id)
-    tracking.end_run(tracking_uri, run_id)
     return RunSummary(run_name=cfg.name, run_id=run_id, tracking_uri=tracking_uri,
                       final_step=final_step, plan=plan, encoder_dir=encoder_dir,
                       registered=registered, seconds=time.perf_counter() - started)
 
 
 def _train_and_finish(cfg: RunConfig, tracking_uri: str, run_id: str):
-    """Ray Train, then :func:`_finish`; ends the MLflow run KILLED or FAILED when that fails."""
+    """Ray Train, then :func:`_finish`; the MLflow run ends FINISHED, or KILLED or FAILED when
+    that fails (:func:`pretrain.tracking.context.ending_run`)."""
     from cluster import trainer
     from cluster.worker import train_worker
 
     started_ray = False
     try:
-        started_ray = trainer.connect(cfg.cluster)
-        # ray.init installs its own SIGTERM handler (it logs and aborts): ours goes on top again.
-        with sigterm_raises_job_stopped():
-            result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
-                                                "tracking_uri": tracking_uri, "run_id": run_id},
-                                 cluster=cfg.cluster, name=cfg.name)
-        if result.checkpoint is None:
-            raise RuntimeError(f"run {cfg.name} produced no checkpoint")
-        with result.checkpoint.as_directory() as local:
-            return _finish(cfg, Path(local), tracking_uri, run_id)
+        # The run's status is set first, while Ray may still give us 3 s: it must not stay RUNNING.
+        with ending_run(tracking_uri, run_id):
+            started_ray = trainer.connect(cfg.cluster)
+            # ray.init installs its own SIGTERM handler (it logs and aborts): ours goes on top.
+            with sigterm_raises_job_stopped():
+                result = trainer.fit(train_worker, {"config": cfg.model_dump(mode="json"),
+                                                    "tracking_uri": tracking_uri,
+                                                    "run_id": run_id},
+                                     cluster=cfg.cluster, name=cfg.name)
+            if result.checkpoint is None:
+                raise RuntimeError(f"run {cfg.name} produced no checkpoint")
+            with result.checkpoint.as_directory() as local:
+                return _finish(cfg, Path(local), tracking_uri, run_id)
     except KeyboardInterrupt:
-        # First, while Ray may still give us 3 s: the run must not stay RUNNING.
-        tracking.end_run(tracking_uri, run_id, status="KILLED")
         if stopped_by_sigterm():
             raise JobStopped(f"run {cfg.name} stopped; {resume_hint(cfg)}") from None
         raise
     except (ConfigError, DataError, TrackingUnreachable):
-        tracking.end_run(tracking_uri, run_id, status="FAILED")
         raise
-    except BaseException as exc:
-        tracking.end_run(tracking_uri, run_id, status="FAILED")
-        if isinstance(exc, Exception):
-            raise RunFailed(f"run {cfg.name} failed: {_first_line(exc)}; {resume_hint(cfg)}"
-                            ) from exc
-        raise
+    except Exception as exc:
+        raise RunFailed(f"run {cfg.name} failed: {_first_line(exc)}; {resume_hint(cfg)}"
+                        ) from exc
     finally:
         if started_ray:
             import ray
@@ -189,18 +187,18 @@ def _finish(cfg: RunConfig, checkpoint_dir: Path, tracking_uri: str, run_id: str
         return state.step, str(encoder_src), registered
     probe_metrics: dict[str, float] = {}
     if cfg.probes.enabled:  # before registration, so the version carries the results
-        from pretrain.probes.hooks import end_of_run_probes
+        from pretrain.workflows.probe import end_of_run_probes
 
         log.info("running the probe suite on the final encoder")
         probe_metrics = end_of_run_probes(cfg.probes, encoder_src, tracking_uri, run_id,
                                           state.step)
     if cfg.registry.enabled:
-        from pretrain.probes.hooks import summary_tags
+        from pretrain.probes.profile import headline_tags
 
         registered = log_and_register(
             tracking_uri, run_id, encoder_src, cfg.registry.name, cfg.registry.alias,
             tags={"objective": cfg.objective.name, "step": str(state.step),
-                  "run_name": cfg.name, **summary_tags(probe_metrics)},
+                  "run_name": cfg.name, **headline_tags(probe_metrics)},
             metrics=probe_metrics)  # the version's description is the model card
         tracking.set_tags(tracking_uri, run_id, {REGISTERED_STEP_TAG: str(state.step)})
     return state.step, str(encoder_src), registered

@@ -143,8 +143,14 @@ def train_for(cfg: RunConfig, seconds: float | None = None, *, steps: int | None
     try:
         with single_process_group(device):
             if steps is None:
-                step_s = calibrate_step_seconds(objective, augmenter, batches, device, cfg.seed,
-                                                calibration_steps)
+                # Calibrate on a stream of its own, so that training starts at the run's first
+                # batch, in a real run's data order.
+                calibration = endless_batches(cfg, ctx, plan)
+                try:
+                    step_s = calibrate_step_seconds(objective, augmenter, calibration, device,
+                                                    cfg.seed, calibration_steps)
+                finally:
+                    calibration.close()
                 planned = max(1, int((deadline - time.perf_counter()) / step_s))
                 log.info("%s: %.2f s/step calibrated, %d steps planned in %.0f s",
                          cfg.objective.name, step_s, planned, seconds)

@@ -38,8 +38,9 @@ class FinetuneConfig(BaseModel):
     linear_only: bool = Field(False, description="Freeze the encoder; train only the head.")
     batch_size: int = Field(64, ge=1, description="Images per optimizer step.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
-    max_train: int | None = Field(None, ge=1, description="Train images at most (None: all).")
-    max_test: int | None = Field(None, ge=1, description="Test images at most (None: all).")
+    # At least 2, as the shard reader behind both splits (pretrain.probes.ProbesConfig) needs.
+    max_train: int | None = Field(None, ge=2, description="Train images at most (None: all).")
+    max_test: int | None = Field(None, ge=2, description="Test images at most (None: all).")
     image_size: int | None = Field(None, ge=8, description="Decoded image side (None: the "
                                    "first image's).")
     seed: int = Field(0, description="Seeds the new head, the shuffles and the flips.")

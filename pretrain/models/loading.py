@@ -94,11 +94,6 @@ def resolve(model_uri: str, tracking_uri: str) -> Resolved:
     return Resolved(mv.source, expected, mv)
 
 
-def resolve_source(model_uri: str, tracking_uri: str) -> str:
-    """The artifact URI behind ``model_uri`` (see :func:`resolve`)."""
-    return resolve(model_uri, tracking_uri).source
-
-
 def verify_against(model_dir: Path, expected: dict[str, str], what: str) -> None:
     """Every file named in ``expected`` exists in ``model_dir`` with that SHA-256."""
     for name, digest in expected.items():

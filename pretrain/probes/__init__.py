@@ -2,9 +2,10 @@
 transformation, plus linear/kNN accuracy and representation health.
 
 Pure functions over features live in ``linear``, ``knn``, ``invariance``, ``equivariance`` and
-``health``; ``suite.run_probe_suite`` extracts features once and runs them all; ``offline``
-probes registered encoders into their own MLflow runs; ``plots`` draws the PNGs; ``profile``
-turns metrics into the tables of the model card and ``show`` (``pretrain show``).
+``health``; ``suite.run_probe_suite`` extracts features once and runs them all; ``plots`` draws
+the PNGs; ``profile`` turns metrics into the tables of the model card and of ``pretrain show``.
+Probing registered encoders into their own MLflow runs (``pretrain probe``) and ``pretrain show``
+are use cases: ``pretrain.workflows.probe`` and ``pretrain.workflows.show``.
 """
 
 from pretrain.probes.config import TRANSFORMS_2D, TRANSFORMS_3D, ProbesConfig

@@ -32,12 +32,16 @@ class OnlineProber:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def run(self, encoder: nn.Module) -> dict[str, float]:
+    def run(self, encoder: nn.Module, parts: dict[str, nn.Module] | None = None
+            ) -> dict[str, float]:
+        """The light pass on ``encoder``, and on the objective's named ``parts`` when it
+        declares some (``Objective.probe_features``: SIE's halves, seq-JEPA's aggregate), logged
+        as ``probe/parts/<name>/...``."""
         start = time.perf_counter()
         if self._probe_set is None:
             self._probe_set = load_probe_set(self.data, self.full_cfg)
         metrics = run_probe_suite(encoder, self._probe_set, self.cfg, self.device,
-                                  preprocess=self.preprocess)
+                                  preprocess=self.preprocess, parts=parts or None)
         self.seconds += time.perf_counter() - start
         return metrics
 

@@ -5,14 +5,21 @@
 created or resumed by name in :mod:`pretrain.tracking.runs`). Both end the run with the block's
 outcome: FINISHED when it ends, KILLED on Ctrl-C or SIGTERM (both arrive as
 ``KeyboardInterrupt``), FAILED on any other exception, which is re-raised. A run therefore
-never stays RUNNING after its command is gone, whatever stopped it."""
+never stays RUNNING after its command is gone, whatever stopped it, unless the tracking server
+cannot be told: then one warning line, and the block's own exception (not the MLflow error)
+travels on."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
+
+from pretrain.trust.redact import redact_text
+
+log = logging.getLogger("pretrain.tracking")
 
 
 def outcome_status(exc: BaseException | None) -> str:
@@ -33,7 +40,13 @@ def ending_run(client: MlflowClient | str, run_id: str) -> Iterator[str]:
     try:
         yield run_id
     except BaseException as exc:
-        client.set_terminated(run_id, status=outcome_status(exc))
+        try:
+            client.set_terminated(run_id, status=outcome_status(exc))
+        except Exception as status_error:  # noqa: BLE001 - the block's own error matters more
+            # E.g. the tracking server went away: report what stopped the block, not this.
+            text = str(status_error).strip()
+            log.warning("could not mark MLflow run %s %s: %s", run_id, outcome_status(exc),
+                        redact_text(text.splitlines()[0]) if text else type(status_error).__name__)
         raise
     client.set_terminated(run_id, status=outcome_status(None))
 

@@ -16,11 +16,10 @@ from pretrain.config.objective import renamed_params
 RUN_NAME_TAG = "pretrain.run_name"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-# Config keys a resumed run may change: they decide what is logged, probed, kept or registered,
-# or when this invocation stops, but not what the trained weights are.
-# Settings a resumed run may change without --allow-config-change: where it logs, how long it
-# runs, and the resources of the workers (the data order does not follow data.num_workers on
-# resume: the checkpoint keeps the loader count the run started with).
+# Config keys a resumed run may change without --allow-config-change: they decide what is
+# logged, probed, kept or registered, when this invocation stops, or the workers' resources, but
+# not what the trained weights are (the data order does not follow data.num_workers on resume:
+# the checkpoint keeps the loader count the run started with).
 RESUMABLE_CHANGES = ("train.max_steps", "tracking.", "probes.", "registry.",
                      "data.max_skip_frac", "checkpoint.keep", "cluster.address",
                      "cluster.max_failures", "cluster.cpus_per_worker", "cluster.torch_threads",

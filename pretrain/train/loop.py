@@ -127,7 +127,7 @@ def _train(cfg, ctx, plan: TrainingPlan, engine, augmenter, state, store, info, 
             # At the last step the full end-of-run suite follows, so the light pass is skipped.
             if prober is not None and prober.due(state.step) and not (
                     last and cfg.probes.enabled):
-                probe_values = prober.run(engine.module.encoder)
+                probe_values = prober.run(engine.module.encoder, engine.module.probe_features())
                 probe_values["probe/online_time_frac"] = prober.seconds / (
                     time.perf_counter() - started)
                 log.info("step %d probes: linear %.3f, %.0f%% of training time on probes",
@@ -157,6 +157,8 @@ def _loader_workers(cfg: RunConfig, ctx: WorkerContext, started_with: int | None
     records one (the data order depends on it), else ``cpu_split``'s."""
     derived = cpu_split(cfg, accelerated=ctx.device.type != "cpu").loader_workers
     if started_with is not None and started_with != derived:
+        # Torch's threads stay as the worker set them for the derived count: bitwise resume on
+        # the CPU needs the same thread count too, and the difference is a few processes.
         log.warning("rank %d: resuming with the %d loader process(es) the run started with, not "
                     "%d, so that the data order stays the same", ctx.rank, started_with, derived)
         return started_with

@@ -34,8 +34,8 @@ class CpuSplit:
 
 def cpu_split(cfg: RunConfig, *, accelerated: bool) -> CpuSplit:
     """The split for a worker of ``cfg`` that trains on an accelerator (``accelerated``) or on
-    the CPU. Resume needs the same ``loader_workers`` as the original run (the data order
-    depends on it), so a resumed run keeps the device kind and ``cluster.cpus_per_worker``."""
+    the CPU. A resumed run keeps the loader count its checkpoint records (the data order depends
+    on it; ``pretrain.train.loop``), whatever this derives."""
     cpus = cfg.cluster.cpus_per_worker
     loaders = cfg.data.num_workers
     if loaders is None:

@@ -171,7 +171,7 @@ def end_of_run_probes(cfg: ProbesConfig, encoder_dir: str | Path, tracking_uri: 
     """The full suite on the exported encoder (loaded like a user would), logged to the run at
     ``step`` with the invariance-profile PNG."""
     encoder = load_encoder(encoder_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(None)
     probe_set = load_probe_set(cfg.data, cfg)
     metrics = run_probe_suite(encoder, probe_set, cfg, device, preprocess=Preprocess.of(encoder),
                               progress=progress_lines(f"probe suite (step {step})"))

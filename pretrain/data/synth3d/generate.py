@@ -215,11 +215,6 @@ def render_samples(samples: list[SampleLatents], size: int,
     return images.reshape(len(samples), views, 3, size, size)
 
 
-def encode_png(image: Tensor) -> bytes:
-    """PNG bytes of a ``uint8`` ``3 x H x W`` image."""
-    return encode_view(image, "png")
-
-
 def encode_view(image: Tensor, image_format: str = "png", quality: int = 90) -> bytes:
     """``png`` or ``jpeg`` (baseline, 4:2:0, ``quality``) bytes of a ``uint8`` ``3 x H x W``
     image."""

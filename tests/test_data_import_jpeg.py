@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import typer
 from PIL import Image
 
 from pretrain.cli.errors import run_cli
+from tests.test_data_import_inspect import read_tars as read_shards
 from pretrain.data.image import decode_image
 from pretrain.data.format import INDEX_NAME
 from pretrain.data.importer import Encoding, import_image_folder
@@ -35,12 +35,8 @@ def save(path: Path, img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def read_tars(out_dir: Path) -> list[dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    for tar_path in sorted(out_dir.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    """The written samples in key order (the import test's reader)."""
+    samples = read_shards(out_dir)
     return [samples[k] for k in sorted(samples)]
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from augment.recipes import RECIPES
-from augment.view_config import ViewConfig, ordered_pair
+from augment.view_config import ViewConfig, area_fraction_pair
 
 __all__ = ["AugmentConfig", "ViewConfig"]
 
@@ -110,9 +110,7 @@ class AugmentConfig(BaseModel):
     @field_validator("small_crop_scale")
     @classmethod
     def _check_small_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] or value[1] > 1.0:
-            raise ValueError(f"small_crop_scale must lie in (0, 1], got {value}")
-        return ordered_pair(value, "small_crop_scale")
+        return area_fraction_pair(value, "small_crop_scale")
 
     @model_validator(mode="after")
     def _views_and_scale(self) -> AugmentConfig:

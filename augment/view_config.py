@@ -18,6 +18,13 @@ def ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
     return value
 
 
+def area_fraction_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+    """A ``(low, high)`` range of crop areas as fractions of the image: within (0, 1], ordered."""
+    if not 0.0 < value[0] or value[1] > 1.0:
+        raise ValueError(f"{name} must lie in (0, 1], got {value}")
+    return ordered_pair(value, name)
+
+
 class ViewConfig(BaseModel):
     """Probabilities and ranges of every op for one view (torchvision semantics).
 
@@ -59,9 +66,7 @@ class ViewConfig(BaseModel):
     @field_validator("crop_scale")
     @classmethod
     def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] or value[1] > 1.0:
-            raise ValueError(f"crop_scale must lie in (0, 1], got {value}")
-        return ordered_pair(value, "crop_scale")
+        return area_fraction_pair(value, "crop_scale")
 
     @field_validator("crop_ratio")
     @classmethod
